@@ -1,0 +1,195 @@
+"""Composition root: ``create_app(settings)`` and the lifespan that starts and stops the parts.
+
+Nothing is built at import time. The lifespan opens the database, starts the webhook
+dispatcher, the call service, and (unless ``sip=False``) the SIP server with its user agent
+and RTP media factory, each registering its readiness check. Everything started is stopped
+in reverse order by one AsyncExitStack, also when start-up fails half-way: on shutdown the
+user agent ends every live call (cause ``shutdown``), the call service writes those ends,
+the SIP sockets close, the dispatcher flushes what it can, the database closes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from app.api import actions, calls, health
+from app.api.metrics import HttpMetrics, MetricsMiddleware
+from app.api.openapi import API_VERSION, DESCRIPTION, SUMMARY, TITLE, install_openapi
+from app.api.problems import install_problem_handlers
+from app.api.readiness import ReadinessChecks
+from app.api.webhook_docs import register_webhook_docs
+from app.calls.service import CallService
+from app.media import PortPool, RtpSdhFactory
+from app.settings import Settings
+from app.sip.aio import SipServer, SipServerConfig
+from app.sip.endpoint import EndpointConfig
+from app.sip.timers import TimerConfig
+from app.store.db import Database
+from app.ua.core import ServerCore
+from app.ua.user_agent import UserAgent, UserAgentConfig
+from app.webhooks import WebhookConfig, WebhookDispatcher
+
+logger = logging.getLogger(__name__)
+
+USER_AGENT = "callctl/0.1"
+
+
+def _timers(settings: Settings) -> TimerConfig:
+    return TimerConfig(t1=settings.t1_ms / 1000, t2=settings.t2_ms / 1000, t4=settings.t4_ms / 1000)
+
+
+async def _start_sip(
+    app: FastAPI, settings: Settings, service: CallService, stack: AsyncExitStack
+) -> None:
+    """SIP server, user agent and media factory; the service becomes the UA's delegate."""
+    readiness: ReadinessChecks = app.state.readiness
+    overrides: dict[str, object] = {}
+    if app.state.sip_port is not None:
+        overrides["port"] = app.state.sip_port
+    server_config = SipServerConfig.from_settings(settings, **overrides)
+    timers = _timers(settings)
+    ua_allow = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "INFO", "PRACK", "UPDATE")
+    endpoint_config = EndpointConfig(
+        timers=timers,
+        allowed_methods=ua_allow,
+        supported=("100rel",),
+        user_agent=USER_AGENT,
+    )
+    core = ServerCore()
+    server = SipServer(server_config, core, endpoint_config=endpoint_config)
+    core.bind(server)
+    await server.start()
+    stack.push_async_callback(server.stop)
+    app.state.sip_server = server
+    stack.callback(setattr, app.state, "sip_server", None)
+
+    # Via/Contact carry the advertised address the server chose (public address, or the
+    # bound one); SDP c= lines carry the same host, RTP binds where SIP binds.
+    advertised_host = server.endpoint.config.local_host
+    advertised_port = server.endpoint.config.local_port
+    pool = PortPool(settings.rtp_ports.low, settings.rtp_ports.high)
+    sdh_factory = RtpSdhFactory(advertised_host, settings.sip_host, pool)
+    ua = UserAgent(
+        core,
+        UserAgentConfig(
+            contact_host=advertised_host,
+            contact_port=advertised_port,
+            transport="udp" if "udp" in server_config.transports else "tcp",
+            t1=timers.t1,
+            t2=timers.t2,
+            t4=timers.t4,
+            auto_provisional=settings.auto_provisional,
+            inbound_timeout=settings.inbound_timeout,
+            outbound_proxy=settings.outbound_proxy,
+            user_agent=USER_AGENT,
+            allow=ua_allow,
+            inbound_allow=tuple(settings.inbound_allow),
+            inbound_auth=tuple(
+                (c.username, c.password.get_secret_value()) for c in settings.inbound_auth
+            ),
+        ),
+        sdh_factory,
+        service,
+    )
+    core.attach(ua)
+    service.bind(ua)
+    app.state.user_agent = ua
+    stack.callback(setattr, app.state, "user_agent", None)
+
+    async def stop_calls() -> None:
+        # Before the sockets close: BYE/CANCEL/503 every live call, write their ends.
+        service.unbind()
+        await ua.close()
+        await service.drain(within=settings.drain_seconds)
+
+    stack.push_async_callback(stop_calls)
+
+    async def sip_bound() -> None:
+        if not server.running:
+            raise RuntimeError("SIP transports are not bound")
+
+    readiness.add("sip", sip_bound)
+    stack.callback(readiness.remove, "sip")
+    host, port = server.local_addr
+    logger.info(
+        "SIP user agent ready on %s:%d (%s)", host, port, ",".join(server_config.transports)
+    )
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    readiness: ReadinessChecks = app.state.readiness
+    async with AsyncExitStack() as stack:
+        # 1. Database (migrations already ran: `callctl serve` applies them first).
+        database = Database.from_url(settings.database_url)
+        stack.push_async_callback(database.dispose)
+        app.state.database = database
+        stack.callback(setattr, app.state, "database", None)
+        readiness.add("database", database.ping)
+        stack.callback(readiness.remove, "database")
+
+        # 2. Webhook dispatcher: delivers the outbox; flushes what it can on the way out.
+        dispatcher = WebhookDispatcher(database.sessionmaker, WebhookConfig.from_settings(settings))
+        await dispatcher.start()
+        stack.push_async_callback(dispatcher.stop, settings.drain_seconds)
+        app.state.webhook_dispatcher = dispatcher
+        stack.callback(setattr, app.state, "webhook_dispatcher", None)
+
+        # 3. Call service: ends calls a previous process left behind, then takes actions.
+        service = CallService(
+            database=database, notifier=dispatcher, default_webhook_url=settings.webhook_url
+        )
+        stack.push_async_callback(service.close)
+        await service.recover()
+        app.state.call_service = service
+        stack.callback(setattr, app.state, "call_service", None)
+
+        # 4. SIP server, user agent, media (the service is the UA's delegate).
+        if app.state.sip_enabled:
+            await _start_sip(app, settings, service, stack)
+
+        logger.info("callctl ready", extra={"http_port": settings.http_port})
+        yield
+        logger.info("callctl stopping")
+
+
+def create_app(settings: Settings, *, sip: bool = True, sip_port: int | None = None) -> FastAPI:
+    """A fresh application for these settings; its own metrics registry and state.
+
+    ``sip=False`` runs without the SIP server (REST reads work, dialing answers 503);
+    ``sip_port`` overrides ``CALLCTL_SIP_PORT`` (0: a free port, for tests).
+    """
+    app = FastAPI(
+        title=TITLE,
+        summary=SUMMARY,
+        description=DESCRIPTION,
+        version=API_VERSION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.api_keys = settings.api_key_values
+    app.state.database = None
+    app.state.call_service = None
+    app.state.webhook_dispatcher = None
+    app.state.sip_server = None
+    app.state.user_agent = None
+    app.state.sip_enabled = sip
+    app.state.sip_port = sip_port
+    app.state.readiness = ReadinessChecks()
+    registry = CollectorRegistry()
+    app.state.metrics_registry = registry
+
+    install_problem_handlers(app)
+    app.add_middleware(MetricsMiddleware, metrics=HttpMetrics.register(registry))
+    app.include_router(health.router)
+    app.include_router(calls.router)
+    app.include_router(actions.router)
+    register_webhook_docs(app.webhooks)
+    install_openapi(app)
+    return app

@@ -1,0 +1,1 @@
+"""Alembic migration scripts (applied by `callctl migrate` and `callctl serve`)."""
