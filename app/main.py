@@ -23,6 +23,7 @@ from app.api.openapi import API_VERSION, DESCRIPTION, SUMMARY, TITLE, install_op
 from app.api.problems import install_problem_handlers
 from app.api.readiness import ReadinessChecks
 from app.api.webhook_docs import register_webhook_docs
+from app.calls.answer_flow import AnswerFlow
 from app.calls.service import CallService
 from app.media import PortPool, RtpSdhFactory
 from app.settings import Settings
@@ -134,17 +135,23 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         readiness.add("database", database.ping)
         stack.callback(readiness.remove, "database")
 
-        # 2. Webhook dispatcher: delivers the outbox; flushes what it can on the way out.
-        dispatcher = WebhookDispatcher(database.sessionmaker, WebhookConfig.from_settings(settings))
+        # 2. Call service and webhook dispatcher. The service writes the outbox and wakes
+        #    the dispatcher; the dispatcher hands 2xx answers to call.initiated back to the
+        #    service (the webhook-driven answer flow). The service then ends the calls a
+        #    previous process left behind, before SIP takes new ones.
+        service = CallService(database=database, default_webhook_url=settings.webhook_url)
+        dispatcher = WebhookDispatcher(
+            database.sessionmaker,
+            WebhookConfig.from_settings(settings),
+            on_response=AnswerFlow(service),
+        )
         await dispatcher.start()
         stack.push_async_callback(dispatcher.stop, settings.drain_seconds)
         app.state.webhook_dispatcher = dispatcher
         stack.callback(setattr, app.state, "webhook_dispatcher", None)
 
-        # 3. Call service: ends calls a previous process left behind, then takes actions.
-        service = CallService(
-            database=database, notifier=dispatcher, default_webhook_url=settings.webhook_url
-        )
+        # 3. The service takes actions once its dispatcher runs; stops before it.
+        service.set_notifier(dispatcher)
         stack.push_async_callback(service.close)
         await service.recover()
         app.state.call_service = service
