@@ -159,6 +159,8 @@ class SippResult:
             f"logs: {self.logs[-2000:]}\nmessages:\n{trace}"
         )
 
+_LOSS_NOTE = re.compile(rb"(UDP message (?:voluntary lost \(while sending\)|lost \(recv\))\.)")
+
 
 def parse_message_log(raw: bytes) -> list[SippMessage]:
     """Split a SIPp `-trace_msg` log into messages with their exact bytes.
@@ -166,6 +168,9 @@ def parse_message_log(raw: bytes) -> list[SippMessage]:
     Each entry's header gives the message length, so a body that happens to contain a line
     looking like an entry header cannot split a message.
     """
+    # Under `-lost`, SIPp writes its loss note with no line break before the next entry's
+    # dashes; put one in so that entry is not missed.
+    raw = _LOSS_NOTE.sub(rb"\1\n", raw)
     out: list[SippMessage] = []
     pos = 0
     while (match := _ENTRY_RE.search(raw, pos)) is not None:
