@@ -12,6 +12,12 @@ import sys
 # sub-command -> module (relative to this package) providing main(argv: list[str]) -> int
 COMMANDS: dict[str, str] = {
     "parser": "bench.parser",
+    "webhooks": "bench.webhooks",
+    "limit": "bench.limit",
+    "inbound": "bench.inbound",
+    "outbound": "bench.outbound",
+    "concurrency": "bench.concurrency",
+    "all": "bench.all",
 }
 
 
