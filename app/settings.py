@@ -224,13 +224,17 @@ class Settings(BaseSettings):
     )
     webhook_secret: SecretStr | None = Field(
         default=None,
-        description="Standard Webhooks signing key 'whsec_<base64>'. Empty: events are unsigned.",
+        description=(
+            "Standard Webhooks signing key 'whsec_<base64>'; several keys separated by spaces "
+            "or commas during a rotation (every signature is sent). Empty: events are unsigned."
+        ),
     )
     webhook_timeout: float = Field(
         default=10.0, description="Seconds one webhook delivery attempt may take."
     )
     webhook_retry_schedule: Annotated[tuple[float, ...], NoDecode] = Field(
-        default=(1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0),
+        # Fast at first (a receiver restarting), then spread over about a day (27 h in all).
+        default=(1.0, 5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 43200.0),
         description=(
             "Comma-separated base delays (seconds, non-decreasing) before each retry of a "
             "failed delivery; jitter is added; after the last the event is given up."
@@ -319,16 +323,17 @@ class Settings(BaseSettings):
     def _valid_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None:
             return None
-        raw = value.get_secret_value().strip()
-        if not raw.startswith(_WEBHOOK_SECRET_PREFIX):
-            raise ValueError("must look like whsec_<base64>")
-        try:
-            key = base64.b64decode(raw.removeprefix(_WEBHOOK_SECRET_PREFIX), validate=True)
-        except (binascii.Error, ValueError):
-            raise ValueError("the part after whsec_ is not valid base64") from None
-        if len(key) < 16:
-            raise ValueError("the key must be at least 16 bytes (24 base64 characters)")
-        return SecretStr(raw)
+        keys = value.get_secret_value().replace(",", " ").split()
+        for raw in keys:
+            if not raw.startswith(_WEBHOOK_SECRET_PREFIX):
+                raise ValueError("each key must look like whsec_<base64>")
+            try:
+                key = base64.b64decode(raw.removeprefix(_WEBHOOK_SECRET_PREFIX), validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError("the part after whsec_ is not valid base64") from None
+            if len(key) < 16:
+                raise ValueError("a key must be at least 16 bytes (24 base64 characters)")
+        return SecretStr(" ".join(keys)) if keys else None
 
     @field_validator("api_keys", mode="before")
     @classmethod

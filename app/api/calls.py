@@ -2,24 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Request
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.auth import require_api_key
 from app.api.deps import SessionDep
-from app.api.responses import INVALID, NOT_FOUND, UNAUTHORIZED
+from app.api.responses import EVENT_NOT_FOUND, INVALID, NOT_FOUND, UNAUTHORIZED, UNAVAILABLE
 from app.api.schemas import (
     Call,
     CallEvent,
     CallEventList,
     CallList,
     CallStateName,
+    DeliveryAttempt,
     DirectionName,
     EventDelivery,
 )
-from app.errors import CallNotFoundError, InvalidRequestError
+from app.errors import (
+    CallNotFoundError,
+    InvalidRequestError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 from app.store.models import CallEvent as CallEventRow
+from app.store.models import WebhookDelivery
 from app.store.repositories import (
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
@@ -48,7 +58,36 @@ CallIdPath = Annotated[
 DEFAULT_EVENT_PAGE = 100
 
 
-def _event(row: CallEventRow) -> CallEvent:
+def _attempt(row: WebhookDelivery) -> DeliveryAttempt:
+    return DeliveryAttempt(
+        attempt=row.attempt,
+        url=row.url,
+        status_code=row.status_code,
+        latency_ms=row.latency_ms,
+        error=row.error,
+        response_excerpt=row.response_excerpt,
+        attempted_at=row.attempted_at,
+    )
+
+
+async def _history(
+    session: AsyncSession, event_ids: Sequence[str]
+) -> dict[str, list[DeliveryAttempt]]:
+    """The attempt log of several events in one query."""
+    out: dict[str, list[DeliveryAttempt]] = {event_id: [] for event_id in event_ids}
+    if not event_ids:
+        return out
+    result = await session.execute(
+        select(WebhookDelivery)
+        .where(WebhookDelivery.event_id.in_(event_ids))
+        .order_by(WebhookDelivery.event_id, WebhookDelivery.attempt, WebhookDelivery.id)
+    )
+    for row in result.scalars():
+        out[row.event_id].append(_attempt(row))
+    return out
+
+
+def _event(row: CallEventRow, history: list[DeliveryAttempt] | None = None) -> CallEvent:
     envelope = event_resource(row)
     return CallEvent.model_validate(
         {
@@ -58,6 +97,7 @@ def _event(row: CallEventRow) -> CallEvent:
                 attempts=row.attempts,
                 next_attempt_at=row.next_attempt_at,
                 delivered_at=row.delivered_at,
+                history=history or [],
             ),
         }
     )
@@ -139,4 +179,46 @@ async def list_call_events(
     if await CallRepository(session).get(call_id) is None:
         raise CallNotFoundError(call_id)
     events = await EventRepository(session).list_for_call(call_id, after=after, limit=limit)
-    return CallEventList(data=[_event(row) for row in events.items], has_more=events.has_more)
+    history = await _history(session, [row.id for row in events.items])
+    return CallEventList(
+        data=[_event(row, history[row.id]) for row in events.items], has_more=events.has_more
+    )
+
+
+EventIdPath = Annotated[
+    str,
+    Path(
+        description="The event's id.",
+        examples=["evt_Q1u6m0oW0nq2n5xH2d3x9A"],
+        min_length=1,
+        max_length=64,
+    ),
+]
+
+
+@router.post(
+    "/events/{event_id}/redeliver",
+    operation_id="redeliverEvent",
+    tags=["events"],
+    summary="Deliver an event again",
+    description=(
+        "Queues the event for delivery again (due now, its attempt log kept), for example "
+        "after it was given up while the receiver was down. Also lifts a 410 Gone decision "
+        "for its URL. Delivery order per call still holds."
+    ),
+    response_model=CallEvent,
+    responses={**EVENT_NOT_FOUND, **UNAVAILABLE},
+)
+async def redeliver_event(request: Request, event_id: EventIdPath) -> CallEvent:
+    dispatcher = getattr(request.app.state, "webhook_dispatcher", None)
+    database = getattr(request.app.state, "database", None)
+    if dispatcher is None or database is None:
+        raise ServiceUnavailableError("webhook delivery is not running")
+    if not await dispatcher.redeliver(event_id):
+        raise NotFoundError(f"no event with id {event_id!r}", extensions={"event_id": event_id})
+    async with database.session() as session:
+        row = await EventRepository(session).get(event_id)
+        if row is None:  # deleted with its call in the meantime
+            raise NotFoundError(f"no event with id {event_id!r}", extensions={"event_id": event_id})
+        history = await _history(session, [event_id])
+        return _event(row, history[event_id])

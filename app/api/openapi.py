@@ -24,6 +24,7 @@ DESCRIPTION = (
 )
 TAGS: list[dict[str, Any]] = [
     {"name": "calls", "description": "Calls and their events."},
+    {"name": "events", "description": "Webhook events: redelivery."},
     {"name": "operations", "description": "Health, readiness and metrics (no auth)."},
     {"name": "webhooks", "description": "Events POSTed to your webhook URL."},
 ]

@@ -27,3 +27,7 @@ INVALID: ResponseSpec = {
 NOT_READY: ResponseSpec = {
     503: {"model": NotReadyProblem, "description": "A readiness check failed."}
 }
+EVENT_NOT_FOUND: ResponseSpec = {404: {"model": Problem, "description": "No event with this id."}}
+UNAVAILABLE: ResponseSpec = {
+    503: {"model": Problem, "description": "The service is starting or stopping."}
+}

@@ -180,6 +180,18 @@ class CallList(BaseModel):
     )
 
 
+class DeliveryAttempt(BaseModel):
+    """One HTTP attempt to deliver an event (a row of the attempt log)."""
+
+    attempt: int = Field(description="1 for the first attempt.", ge=1)
+    url: str = Field(description="Where it was POSTed.")
+    status_code: int | None = Field(description="HTTP status of the answer; null if none came.")
+    latency_ms: int | None = Field(description="Time to the answer, in milliseconds.")
+    error: str | None = Field(description="Why no usable answer came (timeout, refused, ...).")
+    response_excerpt: str | None = Field(description="The start of the answer's body.")
+    attempted_at: datetime = Field(description="When the attempt was made (RFC 3339, UTC).")
+
+
 class EventDelivery(BaseModel):
     state: DeliveryStateName = Field(
         description=(
@@ -190,6 +202,9 @@ class EventDelivery(BaseModel):
     attempts: int = Field(description="Delivery attempts made so far.", ge=0)
     next_attempt_at: datetime | None = Field(description="When the next attempt is due.")
     delivered_at: datetime | None = Field(description="When a 2xx was received.")
+    history: list[DeliveryAttempt] = Field(
+        default_factory=list, description="Every attempt so far, oldest first."
+    )
 
 
 class CallEvent(BaseModel):
