@@ -109,9 +109,9 @@ def test_secrets_are_not_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
         ("CALLCTL_DATABASE_URL", "::nonsense::", "CALLCTL_DATABASE_URL: not a database URL"),
         ("CALLCTL_DATABASE_URL", "postgresql://h", "CALLCTL_DATABASE_URL: a PostgreSQL URL"),
         ("CALLCTL_WEBHOOK_URL", "ftp://example.com/x", "CALLCTL_WEBHOOK_URL: 'ftp://"),
-        ("CALLCTL_WEBHOOK_SECRET", "secret", "CALLCTL_WEBHOOK_SECRET: must look like whsec_"),
+        ("CALLCTL_WEBHOOK_SECRET", "secret", "CALLCTL_WEBHOOK_SECRET: each key must"),
         ("CALLCTL_WEBHOOK_SECRET", "whsec_!!!", "CALLCTL_WEBHOOK_SECRET: the part after"),
-        ("CALLCTL_WEBHOOK_SECRET", "whsec_c2hvcnQ=", "CALLCTL_WEBHOOK_SECRET: the key must"),
+        ("CALLCTL_WEBHOOK_SECRET", "whsec_c2hvcnQ=", "CALLCTL_WEBHOOK_SECRET: a key must"),
         ("CALLCTL_INBOUND_TIMEOUT", "0", "CALLCTL_INBOUND_TIMEOUT: the value must be a positive"),
         ("CALLCTL_INBOUND_TIMEOUT", "nan", "CALLCTL_INBOUND_TIMEOUT"),
         ("CALLCTL_T1_MS", "0", "CALLCTL_T1_MS"),
@@ -206,3 +206,18 @@ def test_port_range_membership() -> None:
     assert 20004 not in ports
     assert "20001" not in ports
     assert str(ports) == "20000-20003"
+
+
+def test_several_webhook_secrets_for_a_rotation(monkeypatch: pytest.MonkeyPatch) -> None:
+    old = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    new = "whsec_c2VjcmV0LWtleS1mb3ItdGVzdHMtMTIzNA=="
+    monkeypatch.setenv("CALLCTL_WEBHOOK_SECRET", f"{old}, {new}")
+    settings = load_settings()
+    assert settings.webhook_secret is not None
+    assert settings.webhook_secret.get_secret_value() == f"{old} {new}"
+
+
+def test_default_retry_schedule_starts_fast_and_spans_about_a_day() -> None:
+    schedule = Settings().webhook_retry_schedule
+    assert schedule[:3] == (1.0, 5.0, 30.0)
+    assert 20 * 3600 <= sum(schedule) <= 36 * 3600
