@@ -14,10 +14,10 @@ import math
 import signal
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from enum import Enum
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import SecretStr
 
@@ -142,9 +142,7 @@ def migrate_or_fail(settings: Settings) -> int:
             f"database {safe_url(settings.database_url)} unavailable: "
             f"{describe_database_error(exc)}"
         )
-    logger.info(
-        "database %s at revision %s", safe_url(settings.database_url), head_revision()
-    )
+    logger.info("database %s at revision %s", safe_url(settings.database_url), head_revision())
     return EXIT_OK
 
 
@@ -167,6 +165,38 @@ class _StopSignals:
             signal.signal(sig, self)
 
 
+class DrainRequester(Protocol):
+    """``app.main.ShutdownControl``: starts the graceful drain in the running app."""
+
+    def request(self, on_done: Callable[[], None]) -> bool: ...
+
+
+def _draining_server(config: Any, shutdown: DrainRequester) -> Any:
+    """A uvicorn server whose first SIGTERM/SIGINT drains the calls before it stops.
+
+    Uvicorn would close its listening sockets at once; the drain (API.md, issue 6) needs
+    HTTP to keep answering (503 to new calls, actions on live ones) while calls finish.
+    So the first signal only starts the drain, and the server stops when it is over; a
+    second signal stops it at once (uvicorn's own handling).
+    """
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        draining = False
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if not self.draining and not self.should_exit and shutdown.request(self._drained):
+                self.draining = True
+                logger.info("signal %d: draining before stopping", sig)
+                return
+            super().handle_exit(sig, frame)
+
+        def _drained(self) -> None:
+            self.should_exit = True
+
+    return DrainingServer(config)
+
+
 def event_loop_name() -> str:
     return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
 
@@ -182,8 +212,9 @@ def cmd_serve(settings: Settings) -> int:
     code = migrate_or_fail(settings)
     if code != EXIT_OK:
         return code
+    app = create_app(settings)
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.http_host,
         port=settings.http_port,
         loop=event_loop_name(),
@@ -193,7 +224,7 @@ def cmd_serve(settings: Settings) -> int:
         server_header=False,
         timeout_graceful_shutdown=max(1, math.ceil(settings.drain_seconds)),
     )
-    server = uvicorn.Server(config)
+    server = _draining_server(config, app.state.shutdown)
     _StopSignals().install()
     try:
         server.run()

@@ -1,17 +1,21 @@
 """Composition root: ``create_app(settings)`` and the lifespan that starts and stops the parts.
 
 Nothing is built at import time. The lifespan opens the database, starts the webhook
-dispatcher, the call service, and (unless ``sip=False``) the SIP server with its user agent
-and RTP media factory, each registering its readiness check. Everything started is stopped
-in reverse order by one AsyncExitStack, also when start-up fails half-way: on shutdown the
-user agent ends every live call (cause ``shutdown``), the call service writes those ends,
+dispatcher, the call service, and (unless ``sip=False``) the SIP server with the recovery
+agent in front of its user agent and the RTP media factory, each registering its readiness
+check. Then the calls a previous process left unfinished are ended from their persisted
+dialog state (:mod:`app.calls.recovery`), before HTTP serves. ``app.state.shutdown`` lets
+``callctl serve`` start the graceful drain on SIGTERM (:mod:`app.calls.shutdown`). Everything
+started is stopped in reverse order by one AsyncExitStack, also when start-up fails half-way:
+the user agent ends every live call (cause ``shutdown``), the call service writes those ends,
 the SIP sockets close, the dispatcher flushes what it can, the database closes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
@@ -25,6 +29,7 @@ from app.api.readiness import ReadinessChecks
 from app.api.webhook_docs import register_webhook_docs
 from app.calls.answer_flow import AnswerFlow
 from app.calls.service import CallService
+from app.calls.shutdown import GracefulShutdown
 from app.media import PortPool, RtpSdhFactory
 from app.settings import Settings
 from app.sip.aio import SipServer, SipServerConfig
@@ -32,6 +37,7 @@ from app.sip.endpoint import EndpointConfig
 from app.sip.timers import TimerConfig
 from app.store.db import Database
 from app.ua.core import ServerCore
+from app.ua.recovery import RecoveryAgent
 from app.ua.user_agent import UserAgent, UserAgentConfig
 from app.webhooks import WebhookConfig, WebhookDispatcher
 
@@ -97,13 +103,21 @@ async def _start_sip(
         sdh_factory,
         service,
     )
-    core.attach(ua)
+    # The recovery agent is the TU in front of the UA: it ends the calls of a dead process
+    # (and handles their late answers) and refuses new INVITEs while draining.
+    agent = RecoveryAgent(core, t1=timers.t1, t2=timers.t2, outbound_proxy=settings.outbound_proxy)
+    core.attach(agent)
+    agent.attach(ua)
     service.bind(ua)
     app.state.user_agent = ua
+    app.state.recovery_agent = agent
     stack.callback(setattr, app.state, "user_agent", None)
+    stack.callback(setattr, app.state, "recovery_agent", None)
 
     async def stop_calls() -> None:
         # Before the sockets close: BYE/CANCEL/503 every live call, write their ends.
+        # (After a SIGTERM drain there is nothing left to do here.)
+        agent.refuse_new_invites(1)
         service.unbind()
         await ua.close()
         await service.drain(within=settings.drain_seconds)
@@ -120,6 +134,53 @@ async def _start_sip(
     logger.info(
         "SIP user agent ready on %s:%d (%s)", host, port, ",".join(server_config.transports)
     )
+
+
+class ShutdownControl:
+    """Lets a signal handler start the graceful drain inside the running app.
+
+    ``callctl serve`` calls :meth:`request` from its SIGTERM handler; the drain
+    (:class:`~app.calls.shutdown.GracefulShutdown`) runs as a task on the app's loop and
+    ``on_done`` is called when it is over (the server then stops, and the lifespan's exit
+    stops the parts). Without a running app, :meth:`request` returns False.
+    """
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._run: Callable[[], Awaitable[None]] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def arm(self, loop: asyncio.AbstractEventLoop, run: Callable[[], Awaitable[None]]) -> None:
+        self._loop, self._run = loop, run
+
+    def disarm(self) -> None:
+        self._loop = self._run = None
+
+    @property
+    def requested(self) -> bool:
+        return self._task is not None
+
+    def request(self, on_done: Callable[[], None]) -> bool:
+        """Start the drain (safe from a signal handler); False when nothing is running."""
+        loop, run = self._loop, self._run
+        if loop is None or run is None or loop.is_closed():
+            return False
+        loop.call_soon_threadsafe(self._start, run, on_done)
+        return True
+
+    def _start(self, run: Callable[[], Awaitable[None]], on_done: Callable[[], None]) -> None:
+        if self._task is not None:
+            return
+
+        async def drain() -> None:
+            try:
+                await run()
+            except Exception:
+                logger.exception("graceful drain failed; stopping anyway")
+            finally:
+                on_done()
+
+        self._task = asyncio.get_running_loop().create_task(drain(), name="graceful-drain")
 
 
 @asynccontextmanager
@@ -153,13 +214,36 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # 3. The service takes actions once its dispatcher runs; stops before it.
         service.set_notifier(dispatcher)
         stack.push_async_callback(service.close)
-        await service.recover()
         app.state.call_service = service
         stack.callback(setattr, app.state, "call_service", None)
 
-        # 4. SIP server, user agent, media (the service is the UA's delegate).
+        # 4. SIP server, user agent, media (the service is the UA's delegate). Then the
+        #    calls a previous process left behind are ended from their persisted dialog
+        #    state (BYE / CANCEL / 480 on the wire, call.ended in the outbox), before HTTP
+        #    serves (the lifespan has not yielded yet).
         if app.state.sip_enabled:
             await _start_sip(app, settings, service, stack)
+        await service.recover(app.state.recovery_agent)
+
+        # 5. SIGTERM (via `callctl serve`): drain before the HTTP server stops.
+        shutdown = GracefulShutdown(
+            service=service,
+            drain_seconds=settings.drain_seconds,
+            gate=app.state.recovery_agent,
+            user_agent=app.state.user_agent,
+        )
+
+        async def refusing() -> None:
+            raise RuntimeError("draining: not taking new calls")
+
+        async def drain() -> None:
+            readiness.add("accepting", refusing)  # /readyz fails: load balancers move on
+            await shutdown.run()
+
+        control: ShutdownControl = app.state.shutdown
+        control.arm(asyncio.get_running_loop(), drain)
+        stack.callback(control.disarm)
+        stack.callback(readiness.remove, "accepting")
 
         logger.info("callctl ready", extra={"http_port": settings.http_port})
         yield
@@ -186,6 +270,8 @@ def create_app(settings: Settings, *, sip: bool = True, sip_port: int | None = N
     app.state.webhook_dispatcher = None
     app.state.sip_server = None
     app.state.user_agent = None
+    app.state.recovery_agent = None
+    app.state.shutdown = ShutdownControl()
     app.state.sip_enabled = sip
     app.state.sip_port = sip_port
     app.state.readiness = ReadinessChecks()

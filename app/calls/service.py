@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from sqlalchemy.exc import IntegrityError
 
 from app.calls import commands
+from app.calls.recovery import CallEnder, recover_calls
 from app.calls.rules import Action, allowed_actions, is_no_op
 from app.calls.writer import (
     CallWriter,
@@ -349,36 +350,60 @@ class CallService(UserAgentDelegate):
 
     # -- lifecycle -------------------------------------------------------------------
 
-    async def recover(self) -> int:
+    async def recover(self, ender: CallEnder | None = None) -> int:
         """End the calls a previous process left unfinished (cause ``shutdown``).
 
-        Their transactions and media died with that process; the rows and their
-        ``call.ended`` events are written so that clients learn of it. Returns how many.
+        Their transactions and media died with that process. With an ``ender`` (the
+        :class:`~app.ua.recovery.RecoveryAgent` over the running SIP server) each is ended
+        on the wire first from its persisted dialog state (BYE, CANCEL, 480); then its row
+        and its ``call.ended`` are committed together (:mod:`app.calls.recovery`). Without
+        one the calls are ended in the database only. Returns how many.
         """
-        async with self._database.session() as session:
-            rows = await CallRepository(session).list_unfinished()
-            ids = [row.id for row in rows if row.id not in self._live]
-        for call_id in ids:
-            await self._end_orphan(call_id, reason="the service restarted during the call")
-        return len(ids)
+        recovered = await recover_calls(
+            database=self._database,
+            notifier=self._notifier,
+            default_webhook_url=self._default_webhook_url,
+            ender=ender,
+            skip=set(self._live),
+        )
+        return len(recovered)
 
-    async def drain(self, within: float | None = None) -> None:
-        """Wait until every live call's writer has written its last change."""
-        writers = [live.writer for live in list(self._live.values())]
-        if not writers:
-            return
-        waiting = asyncio.gather(*(w.wait_finished() for w in writers), return_exceptions=True)
-        try:
-            await asyncio.wait_for(waiting, within)
-        except TimeoutError:
-            log.warning("%d call writers still busy at shutdown", len(self._live))
+    async def drain(self, within: float | None = None) -> int:
+        """Take no new calls; wait until every live call has ended and written its end.
 
-    async def close(self) -> None:
-        """Flush what is queued, then stop every writer (after the UA has closed)."""
+        Dialing answers 503 from now on. Waits at most ``within`` seconds (None: as long
+        as it takes) and returns how many calls are still live then.
+        """
+        self._closing = True
+        loop = asyncio.get_running_loop()
+        deadline = None if within is None else loop.time() + within
+        while self._live:
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                break
+            waits = [
+                asyncio.ensure_future(live.writer.wait_finished())
+                for live in list(self._live.values())
+            ]
+            try:
+                done, _ = await asyncio.wait(
+                    waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                for waiting in waits:
+                    waiting.cancel()
+            if not done:
+                break
+        if self._live:
+            log.warning("%d call(s) still live after the drain", len(self._live))
+        return len(self._live)
+
+    async def close(self, within: float = 5.0) -> None:
+        """Flush what is queued (bounded), then stop every writer (after the UA closed)."""
         self._closing = True
         for live in list(self._live.values()):
             with contextlib.suppress(Exception):
-                await live.writer.flush()
+                await asyncio.wait_for(live.writer.flush(), within)
             await live.writer.cancel()
         self._live.clear()
 

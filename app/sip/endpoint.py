@@ -489,7 +489,11 @@ class SipEndpoint:
         )
         self._events.append(
             MessageDropped(
-                reason=reason.value, source=addr, transport=transport, detail=detail or ""
+                reason=reason.value,
+                source=addr,
+                transport=transport,
+                detail=detail or "",
+                message=msg,
             )
         )
 

@@ -5,7 +5,7 @@ Frozen, slotted, keyword-only dataclasses with past-tense names (architecture co
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeAlias
 
 from app.sip.dialog import Dialog
@@ -118,6 +118,9 @@ class MessageDropped:
     source: Addr
     transport: str = "UDP"
     detail: str = ""
+    # The parsed message when there is one (e.g. a stray response): a TU that outlived its
+    # transactions (crash recovery) still needs the 487 to ACK it. Not part of equality.
+    message: Request | Response | None = field(default=None, compare=False)
 
 
 Event: TypeAlias = (
