@@ -226,13 +226,16 @@ def body_of(message: SippMessage) -> str:
 async def test_answer_then_local_bye(service: Service) -> None:
     uas = await service.uas("uas_answer.xml")
     call = await service.dial(uas.uri, client_state="case-answer")
-    assert call["state"] == "establishing"
+    # The INVITE is on its way; on loopback SIPp's 200 may already have been handled.
+    assert call["state"] in ("establishing", "established")
     call_id = call["id"]
     answered = await service.event("call.answered", call_id, uas)
     assert answered.call["state"] == "established"
     assert answered.call["answered_at"] is not None
     after = await service.act(call_id, "bye")
-    assert after["state"] == "terminating"
+    # BYE sent; SIPp's 200 to it may already be in.
+    assert after["state"] in ("terminating", "terminated")
+    assert after["end"] is None or after["end"]["cause"] == "local_bye"
     ended, result = await service.ended(call_id, uas)
 
     events = check_stream(
