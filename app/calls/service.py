@@ -485,8 +485,7 @@ class CallService(UserAgentDelegate):
             self._fail(live, f"INVITE not sent: {exc}")
             with contextlib.suppress(Exception):
                 await inviter.dispose()
-        await live.writer.flush()
-        return await self.get(call_id)
+        return await self._flushed(live, call_id)
 
     def _new_inviter(self, ua: UserAgent, call_id: str, command: commands.Dial) -> Inviter:
         credentials = (
@@ -684,8 +683,7 @@ class CallService(UserAgentDelegate):
         session = live.session
         state = session.state.value
         if is_no_op(action, state):
-            await live.writer.flush()
-            return await self.get(call_id)
+            return await self._flushed(live, call_id)
         # The UA knows finer states than the table (a final response already received,
         # a 2xx already sent, a PRACK awaited); its word decides for a live session.
         allowed = _rest_actions(session.allowed_actions())
@@ -705,8 +703,13 @@ class CallService(UserAgentDelegate):
                 state=now,
                 allowed_actions=_rest_actions(exc.allowed or session.allowed_actions()),
             ) from None
+        return await self._flushed(live, call_id)
+
+    async def _flushed(self, live: LiveCall, call_id: str) -> CallResource:
+        """The call once its queued changes are committed (from the writer: no read back)."""
         await live.writer.flush()
-        return await self.get(call_id)
+        shown = live.writer.committed_call()
+        return shown if shown is not None else await self.get(call_id)
 
     async def _act_without_session(self, call_id: str, action: Action) -> CallResource:
         row = await self._row(call_id)

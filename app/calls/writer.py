@@ -1,39 +1,60 @@
-"""One writer task per call: each change of the session becomes one committed transaction.
+"""Group commit: the changes of every call go to the database together, in call order.
 
 The UA calls its delegates synchronously, from inside the SIP event pump; a database write
 cannot happen there. So the delegate takes a :class:`SessionView` (what the session looks
-like at that moment) and queues it here; the call's writer task applies the views in
-arrival order, one transaction each: the call row is updated and, when the change is an
-event, the outbox row is inserted with the next sequence number, then the transaction is
-committed and the webhook dispatcher is woken. One writer per call keeps the events of a
-call in order and their sequence numbers gap-free (the unique constraint on
-``(call_id, sequence)`` guards it anyway).
+like at that moment) and queues it on the call's :class:`CallWriter`. The writers of one
+database share one :class:`GroupWriter`: a single task that takes every change queued
+since its last commit (all calls, in arrival order) and writes them in ONE transaction:
+the new call rows are inserted, the changed ones updated once each with their latest
+state, and the outbox events appended, each showing the call as it was at its change
+(API.md: an event is committed in the same transaction as the state change that caused
+it). Then the dispatcher is woken once. While a commit is in flight the next changes pile
+up, so the number of transactions follows the database's speed, not the call rate.
+
+Order and sequences: the queue is one FIFO, so a call's changes are applied in the order
+they happened; each writer keeps its call row and last event sequence in memory (loaded
+once, on its first change, for a call it did not insert), so sequences stay gap-free
+without a ``max(sequence)`` query per event (the unique constraint on
+``(call_id, sequence)`` still guards them). A failed transaction forgets those in-memory
+copies and is retried whole after ``RETRY_DELAYS``; after the last retry each change of
+the batch is tried alone once, so one bad change cannot sink the others, and the ones
+that still fail are logged and dropped (the call goes on).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import weakref
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from sqlalchemy import Table, bindparam, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.exc import StaleDataError
 
 from app.calls.rules import later_state
-from app.store.models import Call, CallState, DeliveryState
-from app.store.repositories import CallRepository, EventRepository
+from app.store.ids import new_event_id
+from app.store.models import Call, CallEvent, CallState, DeliveryState
 from app.store.resources import call_resource
+from app.store.types import utcnow
 
 log = logging.getLogger(__name__)
 
 # A failed transaction (database restarting, lock timeout) is tried again after these
 # delays; after the last one the change is logged and dropped, the call goes on.
 RETRY_DELAYS: tuple[float, ...] = (0.05, 0.2, 1.0, 3.0)
+
+# At most this many queued changes go into one transaction (bounds its size and the
+# time the other calls wait for it); the rest go into the next one, at once.
+MAX_BATCH = 1000
+# Loop turns given to the flushers after their barrier (see GroupWriter._write_batch).
+_FLUSHER_HEAD_START = 4
 
 
 class SessionSource(Protocol):
@@ -156,8 +177,47 @@ def _apply_dialog(row: Call, dialog: DialogView) -> None:
         row.invite_cseq = dialog.invite_cseq
 
 
+# -- Core statements (the ORM unit of work costs more than the whole write on hot paths) --
+
+_CALLS: Table = Call.__table__  # type: ignore[assignment]
+_EVENTS: Table = CallEvent.__table__  # type: ignore[assignment]
+_COLUMNS: tuple[str, ...] = tuple(column.key for column in _CALLS.columns)
+# What a change may touch: everything but the key and what is fixed at creation.
+_FIXED = frozenset({"id", "direction", "created_at", "version"})
+_MUTABLE: tuple[str, ...] = tuple(name for name in _COLUMNS if name not in _FIXED)
+# Optimistic locking (models.Call.version): the UPDATE only hits the version we loaded.
+_UPDATE_CALL = (
+    _CALLS.update()
+    .where(_CALLS.c.id == bindparam("k_id"), _CALLS.c.version == bindparam("k_version"))
+    .values(
+        {**{name: bindparam(f"v_{name}") for name in _MUTABLE}, "version": bindparam("v_version")}
+    )
+)
+_INSERT_CALL = _CALLS.insert()
+_INSERT_EVENT = _EVENTS.insert()
+
+
+def _copy_row(row: Call) -> Call:
+    """A detached copy of ``row`` with the column defaults filled in (what INSERT stores)."""
+    values: dict[str, Any] = {}
+    for column in _CALLS.columns:
+        value = getattr(row, column.key)
+        default = column.default
+        if value is None and default is not None:
+            if default.is_scalar:
+                value = default.arg  # type: ignore[attr-defined]
+            elif default.is_callable:
+                value = default.arg(None)  # type: ignore[attr-defined]
+        values[column.key] = value
+    return Call(**values)
+
+
+def _row_values(row: Call) -> dict[str, Any]:
+    return {name: getattr(row, name) for name in _COLUMNS}
+
+
 class CallWriter:
-    """The one task that writes a call's row and events, in the order they happened."""
+    """Writes one call's row and events, in the order they happened (via its group)."""
 
     def __init__(
         self,
@@ -177,19 +237,27 @@ class CallWriter:
         self._on_finished = on_finished
         self._retry_delays = tuple(retry_delays)
         self._sleep = sleep
-        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._group: GroupWriter | None = None
+        self._held: list[_Job] = []  # submitted before start()
+        self._done: asyncio.Future[None] | None = None
         self._ended = False
         self._events_written = 0
         self.dropped = 0
+        # The committed row and last sequence (None: not known, load on the next change).
+        self._row: Call | None = None
+        self._sequence: int | None = None
+        self._shown: dict[str, Any] | None = None
 
     # -- feeding ---------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(
-                self._run(), name=f"call-writer-{self.call_id}"
-            )
+        if self._group is not None:
+            return
+        self._done = asyncio.get_running_loop().create_future()
+        self._group = GroupWriter.of(self._database, self._retry_delays, self._sleep)
+        held, self._held = self._held, []
+        for job in held:
+            self._group.put(self, job)
 
     def submit(self, job: Change | Insert) -> None:
         """Queue a change (sync: callable from UA callbacks). Ignored once the call ended."""
@@ -197,7 +265,11 @@ class CallWriter:
             return
         if isinstance(job, Change) and job.view.end is not None:
             self._ended = True  # the ended event is the call's last one
-        self._queue.put_nowait(job)
+        self._shown = None  # a change not yet committed: the last flush's view is old
+        if self._group is None:
+            self._held.append(job)
+        elif not self.finished:
+            self._group.put(self, job)
 
     def set_notifier(self, notifier: Notifier | None) -> None:
         self._notifier = notifier
@@ -209,97 +281,290 @@ class CallWriter:
 
     @property
     def finished(self) -> bool:
-        return self._task is not None and self._task.done()
+        return self._done is not None and self._done.done()
 
     async def flush(self) -> None:
         """Return once every change queued so far is committed (or dropped)."""
-        if self._task is None or self._task.done():
+        if self._group is None or self.finished:
             return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Barrier(done=done))
+        self._group.put(self, _Barrier(done=done))
         await asyncio.shield(done)
 
+    def committed_call(self) -> dict[str, Any] | None:
+        """The call object as committed when the last :meth:`flush` returned.
+
+        Saves reading the row back after an action (None: not known, e.g. the change was
+        dropped, or no flush returned yet; read the database then).
+        """
+        return self._shown
+
     async def wait_finished(self) -> None:
-        if self._task is not None:
-            await asyncio.shield(self._task)
+        if self._done is not None:
+            await asyncio.shield(self._done)
 
     async def cancel(self) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Stop: what is still queued is not written (what is being committed still is)."""
+        self._shown = None
+        self._finish()
 
-    # -- the task --------------------------------------------------------------------
+    # -- called by the group ---------------------------------------------------------
+
+    def _finish(self) -> None:
+        if self._done is None or self._done.done():
+            return
+        self._done.set_result(None)
+        if self._on_finished is not None:
+            self._on_finished(self)
+
+    def _forget(self) -> None:
+        """A transaction failed: the in-memory row and sequence may be ahead of the database."""
+        self._row = None
+        self._sequence = None
+
+    def _webhook_state(self, row: Call) -> DeliveryState:
+        url = row.webhook_url or self._default_webhook_url
+        return DeliveryState.PENDING if url else DeliveryState.SKIPPED
+
+
+class _Batch:
+    """What one transaction writes: rows to insert, rows to update, events to append."""
+
+    def __init__(self) -> None:
+        self.inserts: dict[str, Call] = {}  # call id -> row (its final state)
+        self.updates: dict[str, Call] = {}
+        self.loaded_version: dict[str, int] = {}
+        self.events: list[dict[str, Any]] = []
+        self.notifiers: list[Notifier] = []
+        self.written: list[tuple[CallWriter, Change | Insert]] = []
+
+
+class GroupWriter:
+    """The one task that writes the queued changes of all calls of a database."""
+
+    # database -> {(retry delays, sleep): group}; weak, so a disposed database lets go.
+    _groups: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], GroupWriter]] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(
+        self,
+        database: SessionSource,
+        *,
+        retry_delays: Sequence[float] = RETRY_DELAYS,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._database = database
+        self._retry_delays = tuple(retry_delays)
+        self._sleep = sleep
+        self._loop = asyncio.get_running_loop()
+        self._queue: deque[tuple[CallWriter, _Job]] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self.transactions = 0  # committed, for tests and benchmarks
+
+    @classmethod
+    def of(
+        cls,
+        database: SessionSource,
+        retry_delays: Sequence[float] = RETRY_DELAYS,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> GroupWriter:
+        """The group of ``database`` on the running loop (made on first use)."""
+        groups = cls._groups.setdefault(database, {})
+        key = (tuple(retry_delays), sleep)
+        group = groups.get(key)
+        if group is None or group._loop is not asyncio.get_running_loop():
+            group = groups[key] = cls(database, retry_delays=retry_delays, sleep=sleep)
+        return group
+
+    def put(self, writer: CallWriter, job: _Job) -> None:
+        self._queue.append((writer, job))
+        if self._task is None or self._task.done():
+            self._task = self._loop.create_task(self._run(), name="call-group-writer")
 
     async def _run(self) -> None:
-        try:
-            while True:
-                job = await self._queue.get()
-                if isinstance(job, _Barrier):
-                    if not job.done.done():
+        # Runs while there is work; the next put() starts it again.
+        while self._queue:
+            batch: list[tuple[CallWriter, _Job]] = []
+            while self._queue and len(batch) < MAX_BATCH:
+                batch.append(self._queue.popleft())
+            try:
+                await self._write_batch(batch)
+            except Exception:  # a bug must not stall every call: drop and go on
+                log.exception("call writer: batch of %d change(s) lost", len(batch))
+                for writer, job in batch:
+                    writer._forget()
+                    if isinstance(job, _Barrier) and not job.done.done():
                         job.done.set_result(None)
-                    continue
-                await self._write_with_retries(job)
-                if isinstance(job, Change) and job.view.end is not None:
-                    break
-        finally:
-            # Barriers queued behind the end (or left by a cancel) must not hang anyone.
-            while not self._queue.empty():
-                job = self._queue.get_nowait()
-                if isinstance(job, _Barrier) and not job.done.done():
-                    job.done.set_result(None)
-            if self._on_finished is not None:
-                self._on_finished(self)
+                    elif isinstance(job, Change) and job.view.end is not None:
+                        writer._finish()
 
-    async def _write_with_retries(self, job: Change | Insert) -> None:
+    async def _write_batch(self, batch: list[tuple[CallWriter, _Job]]) -> None:
+        jobs: list[tuple[CallWriter, Change | Insert]] = [
+            (writer, job)
+            for writer, job in batch
+            if not isinstance(job, _Barrier) and not writer.finished
+        ]
+        if jobs:
+            if await self._with_retries(jobs) is None:
+                # RETRY_DELAYS are spent: each change alone, once, so only bad ones drop.
+                for alone in jobs:
+                    if await self._attempt([alone]) is None:
+                        alone[0].dropped += 1
+                        log.error("call %s: change dropped after retries", alone[0].call_id)
+        flushed = False
+        for writer, job in batch:
+            if isinstance(job, _Barrier):
+                if not job.done.done():
+                    # Committed now; a later batch may change the row before the flusher runs.
+                    row = writer._row
+                    writer._shown = call_resource(row) if row is not None else None
+                    job.done.set_result(None)
+                    flushed = True
+            elif isinstance(job, Change) and job.view.end is not None:
+                row = writer._row  # the ended change is the call's last
+                writer._shown = call_resource(row) if row is not None else None
+                writer._finish()
+        if flushed:
+            # Let the flushers (a REST action about to read its call back) run before the
+            # next batch takes a connection: they then read the state their flush promised,
+            # not one a later change of the far end already moved on.
+            for _ in range(_FLUSHER_HEAD_START):
+                await asyncio.sleep(0)
+
+    async def _with_retries(self, jobs: list[tuple[CallWriter, Change | Insert]]) -> bool | None:
         delays = iter(self._retry_delays)
         while True:
-            try:
-                wrote_event = await self._write(job)
-            except (SQLAlchemyError, OSError) as exc:
-                delay = next(delays, None)
-                if delay is None:
-                    self.dropped += 1
-                    log.error(
-                        "call %s: change dropped after retries (%s: %s)",
-                        self.call_id, type(exc).__name__, exc,
-                    )  # fmt: skip
-                    return
-                log.warning("call %s: write failed, retrying: %s", self.call_id, exc)
-                await self._sleep(delay)
-                continue
-            if wrote_event and self._notifier is not None:
-                self._notifier.notify()
-            return
+            done = await self._attempt(jobs)
+            if done is not None:
+                return done
+            delay = next(delays, None)
+            if delay is None:
+                return None
+            await self._sleep(delay)
 
-    async def _write(self, job: Change | Insert) -> bool:
-        """One transaction; True when it added an event."""
+    async def _attempt(self, jobs: list[tuple[CallWriter, Change | Insert]]) -> bool | None:
+        """One transaction for ``jobs``; None when it failed (and was rolled back)."""
+        try:
+            batch = await self._commit(jobs)
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("call writer: transaction of %d change(s) failed: %s", len(jobs), exc)
+            for writer, _job in jobs:
+                writer._forget()
+            return None
+        self.transactions += 1
+        for writer, job in batch.written:
+            if isinstance(job, Insert) or job.event is not None:
+                writer._events_written += 1
+        for notifier in batch.notifiers:
+            notifier.notify()
+        return True
+
+    async def _commit(self, jobs: list[tuple[CallWriter, Change | Insert]]) -> _Batch:
+        batch = _Batch()
         async with self._database.session() as session, session.begin():
-            if isinstance(job, Insert):
-                row = job.row
-                await CallRepository(session).add(row)
-                await self._append(session, row, job.event, job.data)
-                return True
-            found = await CallRepository(session).get(self.call_id)
-            if found is None:
-                log.error("call %s: row missing, change dropped", self.call_id)
-                return False
-            apply_view(found, job.view)
-            if job.event is None:
-                return False
-            await self._append(session, found, job.event, job.data)
-            return True
+            await self._load(session, jobs)
+            now = utcnow()
+            for writer, job in jobs:
+                if isinstance(job, Insert):
+                    row = writer._row = _copy_row(job.row)
+                    writer._sequence = 0
+                    batch.inserts[row.id] = row
+                    batch.updates.pop(row.id, None)
+                    self._append(batch, writer, row, job.event, job.data, now)
+                    batch.written.append((writer, job))
+                    continue
+                found = writer._row
+                if found is None:
+                    log.error("call %s: row missing, change dropped", writer.call_id)
+                    continue
+                apply_view(found, job.view)
+                found.updated_at = now
+                if found.id not in batch.inserts and found.id not in batch.updates:
+                    batch.updates[found.id] = found
+                    batch.loaded_version[found.id] = found.version
+                if job.event is not None:
+                    self._append(batch, writer, found, job.event, job.data, now)
+                batch.written.append((writer, job))
+            await self._flush(session, batch)
+        return batch
 
-    async def _append(
-        self, session: AsyncSession, row: Call, event: str, data: dict[str, Any]
+    async def _load(
+        self, session: AsyncSession, jobs: list[tuple[CallWriter, Change | Insert]]
     ) -> None:
-        url = row.webhook_url or self._default_webhook_url
-        delivery = DeliveryState.PENDING if url else DeliveryState.SKIPPED
-        await session.flush()  # the resource shows the row as updated (updated_at, version)
-        await EventRepository(session).append(
-            call_id=row.id,
-            type=event,
-            payload={"call": call_resource(row), **data},
-            delivery_state=delivery,
+        """Rows and last sequences of the calls this batch changes and does not know yet."""
+        wanted: dict[str, CallWriter] = {}
+        seen: set[int] = set()
+        for writer, job in jobs:
+            if id(writer) in seen:
+                continue
+            seen.add(id(writer))
+            if writer._row is None and isinstance(job, Change):
+                wanted[writer.call_id] = writer
+        if not wanted:
+            return
+        ids = list(wanted)
+        rows = await session.execute(select(_CALLS).where(_CALLS.c.id.in_(ids)))
+        for values in rows.mappings():
+            wanted[values["id"]]._row = Call(**values)
+        last = await session.execute(
+            select(_EVENTS.c.call_id, func.max(_EVENTS.c.sequence))
+            .where(_EVENTS.c.call_id.in_(ids))
+            .group_by(_EVENTS.c.call_id)
         )
-        self._events_written += 1
+        sequences = {call_id: int(sequence) for call_id, sequence in last.all()}
+        for call_id, writer in wanted.items():
+            writer._sequence = sequences.get(call_id, 0)
+
+    @staticmethod
+    def _append(
+        batch: _Batch,
+        writer: CallWriter,
+        row: Call,
+        event: str,
+        data: dict[str, Any],
+        now: datetime,
+    ) -> None:
+        delivery = writer._webhook_state(row)
+        writer._sequence = (writer._sequence or 0) + 1
+        batch.events.append(
+            {
+                "id": new_event_id(),
+                "call_id": row.id,
+                "sequence": writer._sequence,
+                "type": event,
+                # The call as it is at this change (the row may change again in the batch).
+                "payload": {"call": call_resource(row), **data},
+                "created_at": now,
+                "delivery_state": delivery.value,
+                "attempts": 0,
+                "next_attempt_at": now if delivery is DeliveryState.PENDING else None,
+                "delivered_at": None,
+            }
+        )
+        if writer._notifier is not None and all(
+            writer._notifier is not known for known in batch.notifiers
+        ):
+            batch.notifiers.append(writer._notifier)
+
+    @staticmethod
+    async def _flush(session: AsyncSession, batch: _Batch) -> None:
+        """The batch's statements: one executemany each (rows first: events refer to them)."""
+        if batch.inserts:
+            await session.execute(
+                _INSERT_CALL, [_row_values(row) for row in batch.inserts.values()]
+            )
+        if batch.updates:
+            params = []
+            for call_id, row in batch.updates.items():
+                version = batch.loaded_version[call_id]
+                values = {f"v_{name}": getattr(row, name) for name in _MUTABLE}
+                values.update(k_id=call_id, k_version=version, v_version=version + 1)
+                params.append(values)
+                row.version = version + 1
+            result = await session.execute(_UPDATE_CALL, params)
+            dialect = session.get_bind().dialect
+            if dialect.supports_sane_multi_rowcount and result.rowcount != len(params):  # type: ignore[attr-defined]
+                raise StaleDataError("a call row changed under its writer")
+        if batch.events:
+            await session.execute(_INSERT_EVENT, batch.events)

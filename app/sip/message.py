@@ -166,7 +166,11 @@ class Headers:
         if not isinstance(name, str):
             return False
         key = _key(name)
-        return any(f[1] == key for f in self._fields)
+        # A plain loop: any() over a generator costs a frame per field (hot: every message).
+        for f in self._fields:
+            if f[1] == key:
+                return True
+        return False
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         """(raw_name, value) in wire order."""

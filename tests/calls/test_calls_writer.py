@@ -1,8 +1,10 @@
-"""CallWriter on the real test database: one transaction per change, in order, gap-free;
-retries after a database failure (a fault injected by wrapping the session factory)."""
+"""CallWriter on the real test database: group commit (the changes of all calls queued
+since the last commit go in one transaction), in order, gap-free; retries after a database
+failure (a fault injected by wrapping the session factory)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -24,6 +26,7 @@ from app.calls.writer import (
 from app.store.db import Database
 from app.store.models import Call, CallEvent
 from app.store.repositories import CallRepository, EventRepository
+from app.store.resources import call_resource
 
 T0 = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
 
@@ -94,9 +97,10 @@ async def test_changes_commit_in_order_with_gap_free_sequences(
     events = await _events(database, row.id)
     assert [e.sequence for e in events] == list(range(1, 52))
     assert [e.payload.get("sip_code") for e in events[1:]] == list(range(181, 231))
-    # Each event shows the call as it was in that transaction.
+    # Each event shows the call as it was at its own change, not at the commit.
     assert [e.payload["call"]["last_response"]["code"] for e in events[1:]] == list(range(181, 231))
-    assert wakeups.count == 51  # one wake-up per commit that added an event
+    # Everything was queued before the writer ran: one transaction, one wake-up.
+    assert wakeups.count == 1
     assert {e.delivery_state for e in events} == {"skipped"}  # no webhook URL anywhere
     await writer.cancel()
 
@@ -170,7 +174,9 @@ async def test_a_change_is_dropped_after_the_last_retry(
     async def sleep(delay: float) -> None:
         return None
 
-    flaky = FlakyDatabase(database, failures=3)
+    # The batch of both changes fails 3 times (first try + 2 retries); then each change is
+    # tried alone once: the first one meets the 4th failure and is dropped.
+    flaky = FlakyDatabase(database, failures=4)
     writer = CallWriter(
         row.id,
         database=flaky,
@@ -188,6 +194,108 @@ async def test_a_change_is_dropped_after_the_last_retry(
     events = await _events(database, row.id)
     assert [(e.sequence, e.type) for e in events] == [(1, "call.answered")]
     await writer.cancel()
+
+
+class CountingDatabase:
+    """The real database, counting the sessions (transactions) opened."""
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+        self.sessions = 0
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        self.sessions += 1
+        async with self._database.session() as session:
+            yield session
+
+
+async def test_the_changes_of_many_calls_share_one_transaction(
+    database: Database, new_row: Callable[..., Call]
+) -> None:
+    counting = CountingDatabase(database)
+    wakeups = Wakeups()
+    rows = [new_row() for _ in range(20)]
+    writers = [
+        CallWriter(row.id, database=counting, notifier=wakeups, default_webhook_url=None)
+        for row in rows
+    ]
+    for writer, row in zip(writers, rows, strict=True):
+        writer.start()
+        writer.submit(Insert(row=row, event="call.initiated"))
+        writer.submit(Change(view=_view("establishing", last_response=(180, "R")), event="x"))
+        writer.submit(Change(view=_view("established"), event="call.answered"))
+    await writers[-1].flush()
+    assert counting.sessions == 1
+    assert wakeups.count == 1
+    # Later changes of calls already written: the rows are known, nothing is read first.
+    for writer in writers:
+        end = Ending(cause="remote_bye", by="remote")
+        writer.submit(Change(view=_view("terminated", end=end), event="call.ended"))
+    await asyncio.gather(*(writer.wait_finished() for writer in writers))
+    assert counting.sessions == 2
+    for row in rows:
+        events = await _events(database, row.id)
+        assert [(e.sequence, e.type) for e in events] == [
+            (1, "call.initiated"),
+            (2, "x"),
+            (3, "call.answered"),
+            (4, "call.ended"),
+        ]
+        # Each payload shows the call at its own change, though all were committed at once.
+        shown = [(e.payload["call"]["state"], e.payload["call"]["last_response"]) for e in events]
+        assert shown[:3] == [
+            ("initial", None),
+            ("establishing", {"code": 180, "reason": "R"}),
+            ("established", {"code": 180, "reason": "R"}),
+        ]
+        stored = await _row(database, row.id)
+        assert (stored.state, stored.end_cause, stored.version) == ("terminated", "remote_bye", 2)
+
+
+async def test_a_writer_of_a_stored_call_continues_its_sequence(
+    database: Database, new_row: Callable[..., Call]
+) -> None:
+    row = new_row()
+    async with database.session() as session:
+        await CallRepository(session).add(row)
+        await EventRepository(session).append(call_id=row.id, type="call.initiated", payload={})
+        await session.commit()
+    writer = CallWriter(row.id, database=database, notifier=None, default_webhook_url=None)
+    writer.start()
+    end = Ending(cause="shutdown", by="system")
+    writer.submit(Change(view=_view("terminated", end=end), event="call.ended"))
+    await writer.wait_finished()
+    events = await _events(database, row.id)
+    assert [(e.sequence, e.type) for e in events] == [(1, "call.initiated"), (2, "call.ended")]
+    stored = await _row(database, row.id)
+    assert (stored.state, stored.version) == ("terminated", 2)
+
+
+async def test_committed_call_is_what_the_database_holds_after_a_flush(
+    database: Database, new_row: Callable[..., Call]
+) -> None:
+    row = new_row(webhook_url="https://hooks.example.com/")
+    writer = CallWriter(row.id, database=database, notifier=None, default_webhook_url=None)
+    writer.start()
+    assert writer.committed_call() is None  # nothing flushed yet
+    writer.submit(Insert(row=row, event="call.initiated"))
+    writer.submit(Change(view=_view("established"), event="call.answered"))
+    await writer.flush()
+    shown = writer.committed_call()
+    async with database.session() as session:
+        stored = await CallRepository(session).get(row.id)
+    assert stored is not None
+    assert shown == call_resource(stored)
+    assert shown is not None and shown["state"] == "established"
+    writer.submit(Change(view=_view("established", last_response=(200, "OK"))))
+    assert writer.committed_call() is None  # a change is queued: the view is old
+    end = Ending(cause="remote_bye", by="remote")
+    writer.submit(Change(view=_view("terminated", end=end), event="call.ended"))
+    await writer.wait_finished()
+    await writer.flush()  # returns at once: the writer has finished
+    ended = writer.committed_call()
+    assert ended is not None and ended["end"]["cause"] == "remote_bye"
 
 
 async def test_the_unique_sequence_guards_a_second_writer(
