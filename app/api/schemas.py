@@ -36,6 +36,7 @@ EXAMPLE_CALL: dict[str, Any] = {
     },
     "last_response": {"code": 200, "reason": "OK"},
     "early_media": False,
+    "hold": {"local": False, "remote": False},
     "end": None,
     "client_state": "order-42",
     "webhook_url": "https://app.example.com/callctl/events",
@@ -140,6 +141,15 @@ class InboundRequest(BaseModel):
     content_type: str | None = Field(description="Content-Type of the body.")
 
 
+class CallHold(BaseModel):
+    """Hold as the last SDP offer/answer left it (RFC 3264 §8.4)."""
+
+    local: bool = Field(description="We hold the far end (we offered sendonly or inactive).")
+    remote: bool = Field(
+        description="The far end holds us (it offered sendonly or inactive, e.g. in a re-INVITE)."
+    )
+
+
 class Call(BaseModel):
     """One SIP INVITE session of the user agent."""
 
@@ -157,6 +167,7 @@ class Call(BaseModel):
         description="Last SIP response sent (inbound) or received (outbound)."
     )
     early_media: bool = Field(description="True once an early media session exists.")
+    hold: CallHold = Field(description="Hold state of the media session.")
     end: CallEnd | None = Field(description="Why and how the call ended; null until then.")
     client_state: str | None = Field(description="Opaque string from the client, echoed.")
     webhook_url: str | None = Field(description="Where this call's events go, if not default.")

@@ -141,6 +141,8 @@ def view_of(
         state=state or session.state.value,
         last_response=session.last_response,
         early_media=session.early_media,
+        local_hold=session.local_hold if session.sdh is not None else None,
+        remote_hold=session.remote_hold if session.sdh is not None else None,
         end=session_end,
         dialog=dialog,
         remote_display_name=session.remote_identity.display_name,

@@ -104,6 +104,8 @@ class SessionView:
     state: str
     last_response: tuple[int, str] | None = None
     early_media: bool = False
+    local_hold: bool | None = None  # None: the view does not know (no media session)
+    remote_hold: bool | None = None
     end: Ending | None = None
     dialog: DialogView | None = None
     remote_display_name: str | None = None
@@ -141,6 +143,10 @@ def apply_view(row: Call, view: SessionView) -> None:
     if view.last_response is not None:
         row.last_response_code, row.last_response_reason = view.last_response
     row.early_media = row.early_media or view.early_media
+    if view.local_hold is not None:
+        row.local_hold = view.local_hold
+    if view.remote_hold is not None:
+        row.remote_hold = view.remote_hold
     if view.remote_display_name is not None:
         row.remote_display_name = view.remote_display_name
     if view.state == CallState.ESTABLISHED and row.answered_at is None:

@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -137,6 +138,10 @@ class Call(Base):
     last_response_code: Mapped[int | None] = mapped_column(Integer)
     last_response_reason: Mapped[str | None] = mapped_column(Text)
     early_media: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Hold as the last offer/answer left it (RFC 3264 §8.4): we hold (sendonly/inactive
+    # offered by us) or the far end holds (it offered sendonly/inactive, e.g. a re-INVITE).
+    local_hold: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    remote_hold: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     end_cause: Mapped[str | None] = mapped_column(String(16))
     end_sip_code: Mapped[int | None] = mapped_column(Integer)

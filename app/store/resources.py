@@ -40,6 +40,7 @@ def call_resource(call: Call) -> dict[str, Any]:
             else {"code": call.last_response_code, "reason": call.last_response_reason or ""}
         ),
         "early_media": call.early_media,
+        "hold": {"local": bool(call.local_hold), "remote": bool(call.remote_hold)},
         "end": (
             None
             if call.end_cause is None

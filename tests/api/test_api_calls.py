@@ -76,6 +76,7 @@ async def test_call_object_has_every_field_of_the_contract(
         "sip": {"call_id": "cid@192.0.2.1", "local_tag": "lt", "remote_tag": "rt"},
         "last_response": {"code": 486, "reason": "Busy Here"},
         "early_media": False,
+        "hold": {"local": False, "remote": False},
         "end": {"cause": "rejected", "sip_code": 486, "reason": "Busy Here", "by": "remote"},
         "client_state": "order-1",
         "webhook_url": "https://hooks.example.com/c",

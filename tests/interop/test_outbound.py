@@ -279,6 +279,21 @@ async def test_remote_bye(service: Service) -> None:
     assert [m.status for m in result.received() if m.status] == [200]  # our 200 to its BYE
 
 
+async def test_remote_reinvite_hold_is_answered_and_shown_on_the_call(service: Service) -> None:
+    uas = await service.uas("uas_reinvite_hold.xml")
+    call_id = (await service.dial(uas.uri))["id"]
+    ended, result = await service.ended(call_id, uas)
+    check_end(ended.call, "remote_bye", "remote")
+    # The far end's sendonly re-offer was answered recvonly (RFC 3264 §6.1) ...
+    [reinvite_ok] = [
+        m for m in result.received() if m.status == 200 and m.header("CSeq") == "1 INVITE"
+    ]
+    assert "a=recvonly" in body_of(reinvite_ok)
+    # ... and the call shows that the far end holds us; we never held it.
+    assert ended.call["hold"] == {"local": False, "remote": True}
+    assert (await service.get(call_id))["hold"] == {"local": False, "remote": True}
+
+
 async def test_busy_486_is_acked(service: Service) -> None:
     uas = await service.uas("uas_busy.xml")
     call_id = (await service.dial(uas.uri))["id"]
