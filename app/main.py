@@ -35,6 +35,7 @@ from app.settings import Settings
 from app.sip.aio import SipServer, SipServerConfig
 from app.sip.endpoint import EndpointConfig
 from app.sip.timers import TimerConfig
+from app.sip.trace import SipTrace
 from app.store.db import Database
 from app.ua.core import ServerCore
 from app.ua.recovery import RecoveryAgent
@@ -68,7 +69,11 @@ async def _start_sip(
         user_agent=USER_AGENT,
     )
     core = ServerCore()
-    server = SipServer(server_config, core, endpoint_config=endpoint_config)
+    # CALLCTL_SIP_TRACE: every message in and out, logged whole and kept per Call-ID in
+    # bounded ring buffers (off by default: it costs CPU and memory on every message).
+    trace = SipTrace(log_messages=True) if settings.sip_trace else None
+    app.state.sip_trace = trace
+    server = SipServer(server_config, core, endpoint_config=endpoint_config, trace=trace)
     core.bind(server)
     await server.start()
     stack.push_async_callback(server.stop)

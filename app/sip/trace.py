@@ -9,6 +9,7 @@ first), so a flood of garbage cannot grow memory without limit.  The call API sh
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from typing import TypeAlias
 
 from app.sip.errors import SipParseError
 from app.sip.message import Request, Response
+
+trace_log = logging.getLogger("app.sip.trace")
 
 Addr: TypeAlias = tuple[str, int]
 
@@ -69,10 +72,16 @@ class SipTrace:
     """Ring buffers of ``TraceRecord`` per Call-ID."""
 
     def __init__(
-        self, *, per_call: int = DEFAULT_PER_CALL, max_calls: int = DEFAULT_MAX_CALLS
+        self,
+        *,
+        per_call: int = DEFAULT_PER_CALL,
+        max_calls: int = DEFAULT_MAX_CALLS,
+        log_messages: bool = False,
     ) -> None:
         if per_call < 1 or max_calls < 1:
             raise ValueError("per_call and max_calls must be positive")
+        # CALLCTL_SIP_TRACE: also write every message, whole, to the "app.sip.trace" logger.
+        self.log_messages = log_messages
         self.per_call = per_call
         self.max_calls = max_calls
         self._calls: OrderedDict[str, deque[TraceRecord]] = OrderedDict()
@@ -109,6 +118,16 @@ class SipTrace:
         else:
             self._calls.move_to_end(key)
         ring.append(rec)
+        if self.log_messages:
+            trace_log.info(
+                "%s %s %s:%d\n%s",
+                "<<" if direction is Direction.IN else ">>",
+                transport,
+                peer[0],
+                peer[1],
+                data.decode("utf-8", "replace"),
+                extra={"call_id": call_id, "branch": branch, "peer": f"{peer[0]}:{peer[1]}"},
+            )
         return rec
 
     def for_call(self, call_id: str) -> list[TraceRecord]:

@@ -6,6 +6,7 @@ import asyncio
 import socket
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 import httpx
 import pytest
@@ -142,3 +143,10 @@ async def test_each_app_has_its_own_registry(
     assert idle.state.metrics_registry is not app.state.metrics_registry
     assert b'route="/healthz"' in generate_latest(app.state.metrics_registry)
     assert b'route="/healthz"' not in generate_latest(idle.state.metrics_registry)
+
+
+async def test_sip_trace_setting_turns_the_trace_on(run_app: Any) -> None:
+    async with run_app() as app:
+        assert app.state.sip_trace is None
+    async with run_app(sip_trace=True) as app:
+        assert app.state.sip_trace is not None and app.state.sip_trace.log_messages

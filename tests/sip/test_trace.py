@@ -103,3 +103,34 @@ def test_structured_logging_carries_call_id_and_branch(caplog: pytest.LogCapture
     sends = [r for r in records if r.getMessage().startswith("send UDP")]
     assert sends and all(getattr(r, "call_id", None) == "logged@test" for r in sends)
     assert {getattr(r, "branch", None) for r in sends} == {req.top_via.branch}
+
+
+def test_log_messages_writes_each_message_whole(caplog: pytest.LogCaptureFixture) -> None:
+    from app.sip.parser import parse_message
+    from app.sip.trace import Direction, SipTrace
+
+    data = (
+        b"OPTIONS sip:callctl@127.0.0.1 SIP/2.0\r\n"
+        b"Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKtrace1\r\n"
+        b"From: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:callctl@127.0.0.1>\r\n"
+        b"Call-ID: trace-log-1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
+        b"Content-Length: 0\r\n\r\n"
+    )
+    quiet = SipTrace()
+    loud = SipTrace(log_messages=True)
+    with caplog.at_level("INFO", logger="app.sip.trace"):
+        quiet.record(
+            time=1.0, direction=Direction.IN, peer=("127.0.0.1", 5070), transport="UDP",
+            data=data, message=parse_message(data),
+        )  # fmt: skip
+        assert caplog.records == []
+        loud.record(
+            time=1.0, direction=Direction.IN, peer=("127.0.0.1", 5070), transport="UDP",
+            data=data, message=parse_message(data),
+        )  # fmt: skip
+    [record] = caplog.records
+    assert record.getMessage().startswith("<< UDP 127.0.0.1:5070\nOPTIONS sip:callctl@")
+    assert "Call-ID: trace-log-1" in record.getMessage()
+    assert record.call_id == "trace-log-1"  # type: ignore[attr-defined]
+    assert record.branch == "z9hG4bKtrace1"  # type: ignore[attr-defined]
+    assert len(loud.for_call("trace-log-1")) == 1
