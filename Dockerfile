@@ -33,6 +33,8 @@ USER callctl
 WORKDIR /var/lib/callctl
 VOLUME ["/var/lib/callctl"]
 EXPOSE 8000 5060/udp 5060/tcp
+# RTP/RTCP media (CALLCTL_RTP_PORTS): publish the same range, e.g. -p 20000-20999:20000-20999/udp.
+EXPOSE 20000-20999/udp
 # python, not curl: the slim image has no curl. Follows CALLCTL_HTTP_PORT if overridden.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import os, sys, urllib.request; port = os.environ.get('CALLCTL_HTTP_PORT', '8000'); sys.exit(0 if urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4).status == 200 else 1)"]
