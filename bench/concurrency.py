@@ -274,26 +274,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench concurrency",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    return harness.part_main(
+        argv,
+        part="concurrency",
+        doc=__doc__,
+        run=run,
+        table=lambda result, _args: table_rows(result),
+        title=lambda args: f"concurrency ({args.db})",
+        add_arguments=(add_arguments, inbound.add_arguments),
+        ok=lambda result: bool(result.get("clean")),
     )
-    harness.common_arguments(parser)
-    add_arguments(parser)
-    inbound.add_arguments(parser)
-    args = parser.parse_args(argv)
-    plan = CpuPlan.make(not args.no_pin)
-    plan.pin_self()
-    with harness.workdir_for(args) as workdir:
-        result = run(args, workdir, plan)
-    harness.print_table(table_rows(result), f"concurrency ({args.db})")
-    path = harness.write_results(
-        args, {"environment": harness.environment(args, plan), "concurrency": result}
-    )
-    if path:
-        log(f"results: {path}")
-    return 0 if result.get("clean") else 1
 
 
 if __name__ == "__main__":

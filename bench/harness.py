@@ -920,3 +920,39 @@ def events_clean(problems: dict[str, Any]) -> bool:
         problems[key] == 0
         for key in ("missing_calls", "lost", "out_of_order", "not_ended", "wrong_end_cause")
     )
+
+
+Rows = list[tuple[str, Any, Any, Any]]
+
+
+def part_main(
+    argv: list[str],
+    *,
+    part: str,
+    doc: str | None,
+    run: Callable[[argparse.Namespace, Path, CpuPlan], dict[str, Any]],
+    table: Callable[[dict[str, Any], argparse.Namespace], Rows],
+    title: Callable[[argparse.Namespace], str],
+    add_arguments: Sequence[Callable[[argparse.ArgumentParser], None]] = (),
+    ok: Callable[[dict[str, Any]], bool] = lambda result: bool(result.get("max_clean_cps")),
+) -> int:
+    """`python -m bench PART`: parse the common and the part's flags, pin the CPUs, run,
+    print the table, write the results file; exit 0 when ``ok(result)``."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m bench {part}",
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    common_arguments(parser)
+    for add in add_arguments:
+        add(parser)
+    args = parser.parse_args(argv)
+    plan = CpuPlan.make(not args.no_pin)
+    plan.pin_self()
+    with workdir_for(args) as workdir:
+        result = run(args, workdir, plan)
+    print_table(table(result, args), title(args))
+    path = write_results(args, {"environment": environment(args, plan), part: result})
+    if path:
+        log(f"results: {path}")
+    return 0 if ok(result) else 1

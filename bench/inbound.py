@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import harness, limit
+from bench import harness, limit, service_part
 from bench.harness import CpuPlan, Preset, Rig, Step, cpu_seconds, log, percentiles, rss_kib
 from bench.sipp import (
     answered_and_completed,
@@ -122,51 +122,17 @@ def run(args: argparse.Namespace, workdir: Path, plan: CpuPlan) -> dict[str, Any
         )
 
     rig = Rig(args, workdir, plan, warmup=warmup)
-    try:
-        best, steps = harness.find_max_clean(
-            lambda rate: run_step(rig, rate, seconds),
-            start=preset.start,
-            max_rate=preset.max_rate,
-            refine=preset.refine,
-            min_rate=preset.min_rate,
-        )
-        out: dict[str, Any] = {
-            "max_clean_cps": best,
-            "answer": getattr(args, "answer", "webhook"),
-            "step_seconds": seconds,
-            "steps": [s.as_dict() for s in steps],
-        }
-        if best:
-            out["latency_ms"] = {}
-            for name, rate in (("at_max", best), ("at_half", max(1, best // 2))):
-                measured = run_step(rig, rate, seconds, trace=True)
-                out["latency_ms"][name] = {
-                    "rate": rate,
-                    "clean": measured.clean,
-                    **measured.detail.get("latency_ms", {}),
-                }
-                log(f"  latency at {rate} cps: {out['latency_ms'][name]}")
-            # The latency run at the highest clean rate repeats that step: was it clean again?
-            out["max_clean_confirmed"] = out["latency_ms"]["at_max"]["clean"]
-            overload = run_step(rig, 2 * best, seconds)
-            out["overload"] = overload.as_dict()
-            log(
-                f"  overload (2x): {harness._step_line(overload)}"
-                f" answered={overload.detail['answered']}"
-                f" completed={overload.detail['completed']}"
-            )
-            out["reference"] = limit.reference_latency(
-                workdir, plan, {name: v["rate"] for name, v in out["latency_ms"].items()}, seconds
-            )
-            clean_steps = [s for s in steps if s.clean and s.rate == best]
-            if clean_steps:
-                out["cpu_ms_per_call"] = clean_steps[-1].detail["cpu_ms_per_call"]
-        out["service_restarts"] = rig.restarts
-    finally:
-        rig.close()
-    if rig.profiles:
-        out["profile"] = harness.profile_summary(rig.profiles)
-    return out
+    return service_part.measure(
+        rig,
+        run_step,
+        preset,
+        workdir,
+        plan,
+        {"answer": answer},
+        overload_note=lambda step: (
+            f" answered={step.detail['answered']} completed={step.detail['completed']}"
+        ),
+    )
 
 
 def table_rows(
@@ -215,27 +181,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench inbound",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    return harness.part_main(
+        argv,
+        part="inbound",
+        doc=__doc__,
+        run=run,
+        table=lambda result, args: table_rows(result, harness.load_limit(args)),
+        title=lambda args: f"inbound (SIPp -> callctl, {args.db})",
+        add_arguments=(add_arguments,),
     )
-    harness.common_arguments(parser)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    plan = CpuPlan.make(not args.no_pin)
-    plan.pin_self()
-    with harness.workdir_for(args) as workdir:
-        result = run(args, workdir, plan)
-    harness.print_table(
-        table_rows(result, harness.load_limit(args)), f"inbound (SIPp -> callctl, {args.db})"
-    )
-    path = harness.write_results(
-        args, {"environment": harness.environment(args, plan), "inbound": result}
-    )
-    if path:
-        log(f"results: {path}")
-    return 0 if result.get("max_clean_cps") else 1
 
 
 if __name__ == "__main__":

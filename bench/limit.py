@@ -183,24 +183,14 @@ def table_rows(limit: dict[str, Any]) -> list[tuple[str, Any, Any, Any]]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench limit",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    return harness.part_main(
+        argv,
+        part="limit",
+        doc=__doc__,
+        run=run,
+        table=lambda result, _args: table_rows(result),
+        title=lambda _args: "limit (SIPp UAC -> SIPp UAS)",
     )
-    harness.common_arguments(parser)
-    args = parser.parse_args(argv)
-    plan = CpuPlan.make(not args.no_pin)
-    plan.pin_self()
-    with harness.workdir_for(args) as workdir:
-        result = run(args, workdir, plan)
-    harness.print_table(table_rows(result), "limit (SIPp UAC -> SIPp UAS)")
-    path = harness.write_results(
-        args, {"environment": harness.environment(args, plan), "limit": result}
-    )
-    if path:
-        log(f"results: {path}")
-    return 0 if result.get("max_clean_cps") else 1
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import harness, limit
+from bench import harness, service_part
 from bench.harness import CpuPlan, Preset, Rig, Step, cpu_seconds, log, percentiles, rss_kib
 from bench.loadclient import LoadResult, post_calls, run_in_loop
 from bench.sipp import completed_within, invites_received, kept_up, start_uas
@@ -156,50 +156,18 @@ def run(args: argparse.Namespace, workdir: Path, plan: CpuPlan) -> dict[str, Any
         return uas.wait()
 
     rig = Rig(args, workdir, plan, warmup=warmup)
-    try:
-        best, steps = harness.find_max_clean(
-            lambda rate: run_step(rig, rate, seconds),
-            start=preset.start,
-            max_rate=preset.max_rate,
-            refine=preset.refine,
-            min_rate=preset.min_rate,
-        )
-        out: dict[str, Any] = {
-            "max_clean_cps": best,
-            "step_seconds": seconds,
+    return service_part.measure(
+        rig,
+        run_step,
+        preset,
+        workdir,
+        plan,
+        {
             "latency_definition": "POST written -> INVITE received by the SIPp UAS "
             "(matched by SIP Call-ID; both wall clocks of this machine)",
-            "steps": [s.as_dict() for s in steps],
-        }
-        if best:
-            out["latency_ms"] = {}
-            out["http_latency_ms"] = {}
-            for name, rate in (("at_max", best), ("at_half", max(1, best // 2))):
-                measured = run_step(rig, rate, seconds, trace=True)
-                out["latency_ms"][name] = {
-                    "rate": rate,
-                    "clean": measured.clean,
-                    **measured.detail.get("latency_ms", {}),
-                }
-                out["http_latency_ms"][name] = measured.detail["http_latency_ms"]
-                log(f"  latency at {rate} cps: {out['latency_ms'][name]}")
-            # The latency run at the highest clean rate repeats that step: was it clean again?
-            out["max_clean_confirmed"] = out["latency_ms"]["at_max"]["clean"]
-            overload = run_step(rig, 2 * best, seconds)
-            out["overload"] = overload.as_dict()
-            log(f"  overload (2x): {harness._step_line(overload)}")
-            out["reference"] = limit.reference_latency(
-                workdir, plan, {name: v["rate"] for name, v in out["latency_ms"].items()}, seconds
-            )
-            clean_steps = [s for s in steps if s.clean and s.rate == best]
-            if clean_steps:
-                out["cpu_ms_per_call"] = clean_steps[-1].detail["cpu_ms_per_call"]
-        out["service_restarts"] = rig.restarts
-    finally:
-        rig.close()
-    if rig.profiles:
-        out["profile"] = harness.profile_summary(rig.profiles)
-    return out
+        },
+        detail_latencies=("http_latency_ms",),
+    )
 
 
 def table_rows(
@@ -240,27 +208,14 @@ def table_rows(
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench outbound",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    return harness.part_main(
+        argv,
+        part="outbound",
+        doc=__doc__,
+        run=run,
+        table=lambda result, args: table_rows(result, harness.load_limit(args)),
+        title=lambda args: f"outbound (POST /v1/calls -> callctl -> SIPp, {args.db})",
     )
-    harness.common_arguments(parser)
-    args = parser.parse_args(argv)
-    plan = CpuPlan.make(not args.no_pin)
-    plan.pin_self()
-    with harness.workdir_for(args) as workdir:
-        result = run(args, workdir, plan)
-    harness.print_table(
-        table_rows(result, harness.load_limit(args)),
-        f"outbound (POST /v1/calls -> callctl -> SIPp, {args.db})",
-    )
-    path = harness.write_results(
-        args, {"environment": harness.environment(args, plan), "outbound": result}
-    )
-    if path:
-        log(f"results: {path}")
-    return 0 if result.get("max_clean_cps") else 1
 
 
 if __name__ == "__main__":
