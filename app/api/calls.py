@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.auth import require_api_key
@@ -34,6 +33,7 @@ from app.store.repositories import (
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
     CallRepository,
+    DeliveryRepository,
     EventRepository,
     InvalidCursorError,
 )
@@ -73,18 +73,8 @@ def _attempt(row: WebhookDelivery) -> DeliveryAttempt:
 async def _history(
     session: AsyncSession, event_ids: Sequence[str]
 ) -> dict[str, list[DeliveryAttempt]]:
-    """The attempt log of several events in one query."""
-    out: dict[str, list[DeliveryAttempt]] = {event_id: [] for event_id in event_ids}
-    if not event_ids:
-        return out
-    result = await session.execute(
-        select(WebhookDelivery)
-        .where(WebhookDelivery.event_id.in_(event_ids))
-        .order_by(WebhookDelivery.event_id, WebhookDelivery.attempt, WebhookDelivery.id)
-    )
-    for row in result.scalars():
-        out[row.event_id].append(_attempt(row))
-    return out
+    logs = await DeliveryRepository(session).list_for_events(event_ids)
+    return {event_id: [_attempt(row) for row in rows] for event_id, rows in logs.items()}
 
 
 def _event(row: CallEventRow, history: list[DeliveryAttempt] | None = None) -> CallEvent:

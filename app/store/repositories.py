@@ -230,6 +230,20 @@ class DeliveryRepository:
         await self._session.flush()
         return delivery
 
+    async def list_for_events(self, event_ids: Sequence[str]) -> dict[str, list[WebhookDelivery]]:
+        """The attempt logs of several events in one query, oldest attempt first."""
+        out: dict[str, list[WebhookDelivery]] = {event_id: [] for event_id in event_ids}
+        if not event_ids:
+            return out
+        result = await self._session.execute(
+            select(WebhookDelivery)
+            .where(WebhookDelivery.event_id.in_(event_ids))
+            .order_by(WebhookDelivery.event_id, WebhookDelivery.attempt, WebhookDelivery.id)
+        )
+        for row in result.scalars():
+            out[row.event_id].append(row)
+        return out
+
     async def list_for_event(self, event_id: str) -> Sequence[WebhookDelivery]:
         result = await self._session.execute(
             select(WebhookDelivery)
