@@ -43,6 +43,7 @@ from app.store.ids import new_event_id
 from app.store.models import Call, CallEvent, CallState, DeliveryState
 from app.store.resources import call_resource
 from app.store.types import utcnow
+from app.webhooks.outbox import OutboxItem, item_of
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +65,13 @@ class SessionSource(Protocol):
 
 
 class Notifier(Protocol):
-    """Wakes the webhook dispatcher after a commit that added events."""
+    """Wakes the webhook dispatcher after a commit that added events.
 
-    def notify(self) -> None: ...
+    ``events``: the pending events just committed, in commit order, so that the dispatcher
+    can send them without reading them back (``WebhookDispatcher.notify``).
+    """
+
+    def notify(self, events: Sequence[OutboxItem] = ()) -> None: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -342,6 +347,8 @@ class _Batch:
         self.loaded_version: dict[str, int] = {}
         self.events: list[dict[str, Any]] = []
         self.notifiers: list[Notifier] = []
+        # Per notifier (by id): the pending events it is told about after the commit.
+        self.items: dict[int, list[OutboxItem]] = {}
         self.written: list[tuple[CallWriter, Change | Insert]] = []
 
 
@@ -382,6 +389,11 @@ class GroupWriter:
         if group is None or group._loop is not asyncio.get_running_loop():
             group = groups[key] = cls(database, retry_delays=retry_delays, sleep=sleep)
         return group
+
+    @property
+    def backlog(self) -> int:
+        """Changes queued and not yet taken into a transaction (a load signal)."""
+        return len(self._queue)
 
     def put(self, writer: CallWriter, job: _Job) -> None:
         self._queue.append((writer, job))
@@ -463,7 +475,7 @@ class GroupWriter:
             if isinstance(job, Insert) or job.event is not None:
                 writer._events_written += 1
         for notifier in batch.notifiers:
-            notifier.notify()
+            notifier.notify(batch.items.get(id(notifier), ()))
         return True
 
     async def _commit(self, jobs: list[tuple[CallWriter, Change | Insert]]) -> _Batch:
@@ -533,25 +545,29 @@ class GroupWriter:
     ) -> None:
         delivery = writer._webhook_state(row)
         writer._sequence = (writer._sequence or 0) + 1
-        batch.events.append(
-            {
-                "id": new_event_id(),
-                "call_id": row.id,
-                "sequence": writer._sequence,
-                "type": event,
-                # The call as it is at this change (the row may change again in the batch).
-                "payload": {"call": call_resource(row), **data},
-                "created_at": now,
-                "delivery_state": delivery.value,
-                "attempts": 0,
-                "next_attempt_at": now if delivery is DeliveryState.PENDING else None,
-                "delivered_at": None,
-            }
-        )
-        if writer._notifier is not None and all(
-            writer._notifier is not known for known in batch.notifiers
-        ):
-            batch.notifiers.append(writer._notifier)
+        values = {
+            "id": new_event_id(),
+            "call_id": row.id,
+            "sequence": writer._sequence,
+            "type": event,
+            # The call as it is at this change (the row may change again in the batch).
+            "payload": {"call": call_resource(row), **data},
+            "created_at": now,
+            "delivery_state": delivery.value,
+            "attempts": 0,
+            "next_attempt_at": now if delivery is DeliveryState.PENDING else None,
+            "delivered_at": None,
+        }
+        batch.events.append(values)
+        notifier = writer._notifier
+        if notifier is None:
+            return
+        items = batch.items.get(id(notifier))
+        if items is None:
+            batch.notifiers.append(notifier)
+            items = batch.items[id(notifier)] = []
+        if delivery is DeliveryState.PENDING:
+            items.append(item_of(values, webhook_url=row.webhook_url))
 
     @staticmethod
     async def _flush(session: AsyncSession, batch: _Batch) -> None:

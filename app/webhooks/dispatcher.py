@@ -30,7 +30,8 @@ import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -40,7 +41,7 @@ from urllib.parse import urlsplit
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.store.models import DeliveryState
+from app.store.models import DeliveryState, EventType
 from app.webhooks import outbox
 from app.webhooks.config import EXCERPT_LIMIT, Clock, SystemClock, WebhookConfig
 from app.webhooks.outbox import OutboxItem
@@ -97,6 +98,19 @@ class DispatcherStats:
     retries_scheduled: int = 0
     failed: int = 0
     skipped: int = 0
+
+
+# The last event of a call: once it is settled, the fast path forgets the call.
+_ENDED = EventType.ENDED.value
+
+
+@dataclass(slots=True)
+class _Tracked:
+    """A call on the fast path: its events not yet started, and the last one handed over."""
+
+    queue: deque[OutboxItem] = field(default_factory=deque)
+    last: int = 0
+    ended: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -211,6 +225,15 @@ class WebhookDispatcher:
         self._writer: asyncio.Task[None] | None = None
         # Calls whose last attempt could not be recorded: held back a while (loop time).
         self._cooldown: dict[str, float] = {}
+        # The fast path: calls whose every event this process committed (their first one
+        # arrived through notify()), with their events not yet started, in order. Their
+        # events are sent from memory, never looked up; a retry hands the call back to the
+        # database path for good (the retry's due time lives in the database).
+        self._tracked: dict[str, _Tracked] = {}
+        # Tracked calls with an event ready to start, waiting for a free slot (FIFO).
+        self._ready: deque[str] = deque()
+        # Something may be due in the database that the fast path does not cover.
+        self._db_dirty = True
         # The earliest due time the worker knows of (from its last look at the outbox and
         # the retries it scheduled since); it may be stale-early, never stale-late.
         self._known_due: datetime | None = None
@@ -226,9 +249,60 @@ class WebhookDispatcher:
     def running(self) -> bool:
         return self._worker is not None and not self._worker.done()
 
-    def notify(self) -> None:
-        """A new event was committed: look at the outbox now (cheap; call after commit)."""
-        self._wake.set()
+    @property
+    def backlog(self) -> int:
+        """Events known in memory and not yet delivered, deliveries under way and
+        outcomes waiting to be recorded (a load signal)."""
+        queued = sum(len(t.queue) for t in self._tracked.values()) if self._ready else 0
+        return queued + len(self._inflight) + len(self._write_queue)
+
+    def notify(self, events: Sequence[OutboxItem] = ()) -> None:
+        """New events were committed: send them (cheap; call right after the commit).
+
+        ``events``: the pending events of that commit, in order. While the worker runs,
+        a call whose first event is among them is delivered from memory from then on (no
+        outbox query per event); anything else wakes the worker to look at the outbox.
+        """
+        if not self.running or self._draining:
+            self._db_dirty = True
+            self._wake.set()
+            return
+        for item in events:
+            tracked = self._tracked.get(item.call_id)
+            if tracked is None:
+                if item.sequence != 1 or item.call_id in self._inflight:
+                    self._db_dirty = True  # not all of this call's events are known here
+                    self._wake.set()
+                    continue
+                tracked = self._tracked[item.call_id] = _Tracked()
+            if item.sequence <= tracked.last:
+                continue  # already handed over (the database path raced the commit)
+            tracked.last = item.sequence
+            tracked.queue.append(item)
+            if len(tracked.queue) == 1 and item.call_id not in self._inflight:
+                self._ready.append(item.call_id)
+        if not events:
+            self._db_dirty = True
+            self._wake.set()
+        self._start_ready()
+
+    def _start_ready(self) -> None:
+        """Start the ready tracked calls' next events while slots are free."""
+        ready = self._ready
+        while ready and len(self._inflight) < self._config.max_in_flight:
+            call_id = ready.popleft()
+            tracked = self._tracked.get(call_id)
+            if tracked is None or not tracked.queue or call_id in self._inflight:
+                continue
+            self._launch(tracked.queue.popleft())
+        if ready or self._inflight:
+            self._idle.clear()
+
+    def _launch(self, item: OutboxItem) -> None:
+        task = asyncio.create_task(self._process(item), name=f"webhook-{item.event_id}")
+        self._inflight[item.call_id] = task
+        task.add_done_callback(functools.partial(self._finished, item.call_id))
+        self._idle.clear()
 
     async def start(self) -> None:
         """Open the HTTP client, load the 410 decisions and start the worker task."""
@@ -262,6 +336,11 @@ class WebhookDispatcher:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # What the fast path held in memory is pending in the outbox: the next start
+        # finds it there.
+        self._tracked.clear()
+        self._ready.clear()
+        self._db_dirty = True
         if self._writer is not None:
             # Attempts that had finished when they were cancelled: let their records land.
             await asyncio.gather(self._writer, return_exceptions=True)
@@ -357,30 +436,42 @@ class WebhookDispatcher:
             now = asyncio.get_running_loop().time()
             for call_id in [c for c, until in self._cooldown.items() if until <= now]:
                 del self._cooldown[call_id]
-        if not self._cooldown:
+        if not self._cooldown and not self._ready:
             return self._inflight.keys()
-        return self._inflight.keys() | self._cooldown.keys()
+        return self._inflight.keys() | self._cooldown.keys() | set(self._ready)
 
     async def _run(self) -> None:
         poll = self._config.poll_interval
         while True:
             self._wake.clear()
-            self._idle.clear()
-            try:
-                wait = await self._round()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("webhook dispatcher round failed; retrying after the poll")
-                wait = poll
-            if not self._inflight:
-                self._idle.set()
+            if self._db_dirty or self._draining:
+                # The outbox may hold something the fast path does not cover: look.
+                self._idle.clear()
+                self._db_dirty = False
+                try:
+                    wait = await self._round()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    logger.exception("webhook dispatcher round failed; retrying after the poll")
+                    wait = poll
+            else:
+                wait = self._delay_until(self._known_due, self._clock.now())
+            self._set_idle()
             if wait > 0 and self._wake.is_set():
                 continue
             if wait > 0:
-                with suppress(TimeoutError):
+                try:
                     async with asyncio.timeout(wait):
                         await self._wake.wait()
+                except TimeoutError:
+                    self._db_dirty = True  # a retry is due, or the safety-net poll
+            else:
+                self._db_dirty = True
+
+    def _set_idle(self) -> None:
+        if not self._inflight and not self._ready and not self._db_dirty:
+            self._idle.set()
 
     async def _round(self) -> float:
         """Start what is due; return how long to wait before the next round."""
@@ -393,9 +484,12 @@ class WebhookDispatcher:
                     session, now=now, limit=free, exclude_calls=self._held_calls()
                 )
             for item in items:
-                task = asyncio.create_task(self._process(item), name=f"webhook-{item.event_id}")
-                self._inflight[item.call_id] = task
-                task.add_done_callback(functools.partial(self._finished, item.call_id))
+                if item.call_id in self._inflight or item.call_id in self._tracked:
+                    # Started from memory while the query ran, or a tracked call's event
+                    # found in the moment between its commit and notify(): the fast path
+                    # sends it.
+                    continue
+                self._launch(item)
         if free <= 0:
             return self._config.poll_interval  # full: each finishing delivery wakes us
         if items:
@@ -410,7 +504,13 @@ class WebhookDispatcher:
         async with self._sessionmaker() as session:
             due = await outbox.next_due(session, exclude_calls=held)
         self._known_due = due
-        if self._draining and not busy and not self._inflight and (due is None or due > now):
+        if (
+            self._draining
+            and not busy
+            and not self._inflight
+            and not self._ready
+            and (due is None or due > now)
+        ):
             self._drained.set()
         return self._delay_until(due, now)
 
@@ -421,14 +521,36 @@ class WebhookDispatcher:
     def _finished(self, call_id: str, task: asyncio.Task[None]) -> None:
         if self._inflight.get(call_id) is task:
             del self._inflight[call_id]
-        if not task.cancelled() and (exc := task.exception()) is not None:
+        failed = not task.cancelled() and task.exception() is not None
+        if failed:
             logger.error(
                 "webhook delivery could not be recorded; holding the call back",
-                exc_info=exc,
+                exc_info=task.exception(),
                 extra={"call_id": call_id},
             )
             self._cooldown[call_id] = asyncio.get_running_loop().time() + self._config.poll_interval
-        self._wake.set()
+        tracked = self._tracked.get(call_id)
+        if tracked is not None and (failed or task.cancelled()):
+            self._untrack(call_id)
+            tracked = None
+        if tracked is None:
+            # A database-path call: its next event may be a head now.
+            self._db_dirty = True
+            self._wake.set()
+        elif tracked.queue:
+            self._ready.append(call_id)
+        elif tracked.ended:
+            del self._tracked[call_id]  # its last event is settled
+        self._start_ready()
+        if self._draining and not self._inflight and not self._ready:
+            self._wake.set()  # the worker decides whether the drain is done
+        self._set_idle()
+
+    def _untrack(self, call_id: str) -> None:
+        """The database path takes the call over (its events are all in the outbox)."""
+        if self._tracked.pop(call_id, None) is not None:
+            self._db_dirty = True
+            self._wake.set()
 
     # -- one event -------------------------------------------------------------------------
 
@@ -451,8 +573,6 @@ class WebhookDispatcher:
             return
         attempt = await self._attempt(item, url)
         await self._record(item, attempt)
-        if attempt.verdict is Verdict.DELIVERED and self._on_response is not None:
-            await self._call_hook(item, attempt)
 
     async def _call_hook(self, item: OutboxItem, attempt: _Attempt) -> None:
         assert self._on_response is not None and attempt.status_code is not None
@@ -492,11 +612,16 @@ class WebhookDispatcher:
         If the waiting task is cancelled (stop), the write still happens: the attempt
         did take place.
         """
+        await self._queue_write(delivery, update)
+
+    def _queue_write(
+        self, delivery: outbox.DeliveryRow | None, update: outbox.EventUpdate
+    ) -> asyncio.Future[None]:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._write_queue.append(_Write(delivery=delivery, update=update, done=done))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_batches(), name="webhook-writer")
-        await done
+        return done
 
     async def _write_batches(self) -> None:
         while self._write_queue:
@@ -605,7 +730,7 @@ class WebhookDispatcher:
             state = DeliveryState.PENDING if next_attempt_at else DeliveryState.FAILED
         else:
             state = DeliveryState.FAILED
-        await self._write(
+        recorded = self._queue_write(
             outbox.DeliveryRow(
                 event_id=item.event_id,
                 attempt=attempts,
@@ -624,12 +749,23 @@ class WebhookDispatcher:
                 delivered_at=delivered_at,
             ),
         )
+        if attempt.verdict is Verdict.DELIVERED and self._on_response is not None:
+            # The hook (the answer flow: a 200 to the INVITE) runs while the attempt is
+            # being recorded, not after: the receiver's answer is what the caller waits
+            # for. The call's next event still waits for both.
+            await self._call_hook(item, attempt)
+        await recorded
         if attempt.verdict is Verdict.GONE:
             self._gone.add(attempt.url)
             logger.warning(
                 "webhook URL answered 410 Gone: no more events are sent to it",
                 extra={"url": attempt.url, "event_id": item.event_id},
             )
+        tracked = self._tracked.get(item.call_id)
+        if tracked is not None and item.type == _ENDED:
+            tracked.ended = True
+        if state is DeliveryState.PENDING:
+            self._untrack(item.call_id)
         if state is DeliveryState.DELIVERED:
             self.stats.delivered += 1
         elif state is DeliveryState.PENDING:

@@ -16,7 +16,7 @@ one); the two may go in either order, never at the same time.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypedDict
@@ -27,7 +27,7 @@ from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import ColumnElement
 
 from app.store.models import Base, Call, CallEvent, DeliveryState, WebhookDelivery
-from app.store.resources import event_resource
+from app.store.resources import event_resource, rfc3339
 
 _PENDING = DeliveryState.PENDING.value
 _EVENTS = Base.metadata.tables[CallEvent.__tablename__]
@@ -46,6 +46,27 @@ class OutboxItem:
     attempts: int
     call_webhook_url: str | None
     envelope: dict[str, Any]  # the webhook JSON body (API.md, Webhooks)
+
+
+def item_of(values: Mapping[str, Any], *, webhook_url: str | None) -> OutboxItem:
+    """The item of an event row just written (``call_events`` column values)."""
+    return OutboxItem(
+        event_id=values["id"],
+        call_id=values["call_id"],
+        sequence=values["sequence"],
+        type=values["type"],
+        created_at=values["created_at"],
+        attempts=values["attempts"],
+        call_webhook_url=webhook_url,
+        envelope={
+            "id": values["id"],
+            "type": values["type"],
+            "created_at": rfc3339(values["created_at"]),
+            "call_id": values["call_id"],
+            "sequence": values["sequence"],
+            "data": values["payload"],
+        },
+    )
 
 
 def _head_join() -> tuple[Any, ColumnElement[bool], ColumnElement[bool]]:

@@ -24,6 +24,7 @@ from app.store.db import Database
 from app.store.models import CallEvent
 from app.store.repositories import CallRepository, EventRepository
 from app.store.resources import call_resource
+from app.webhooks.outbox import OutboxItem
 from app.ua import Invitation, ServerCore, UserAgent, UserAgentConfig, UserAgentDelegate
 
 #: Upper bound of any wait in these tests (a failure bound, not a timing assertion).
@@ -40,7 +41,7 @@ class Commits:
         self.count = 0
         self._event = asyncio.Event()
 
-    def notify(self) -> None:
+    def notify(self, events: Sequence[OutboxItem] = ()) -> None:
         self.count += 1
         self._event.set()
 

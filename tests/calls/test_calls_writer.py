@@ -5,7 +5,7 @@ failure (a fault injected by wrapping the session factory)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,7 +26,8 @@ from app.calls.writer import (
 from app.store.db import Database
 from app.store.models import Call, CallEvent
 from app.store.repositories import CallRepository, EventRepository
-from app.store.resources import call_resource
+from app.store.resources import call_resource, event_resource
+from app.webhooks.outbox import OutboxItem
 
 T0 = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
 
@@ -34,9 +35,11 @@ T0 = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
 class Wakeups:
     def __init__(self) -> None:
         self.count = 0
+        self.items: list[OutboxItem] = []
 
-    def notify(self) -> None:
+    def notify(self, events: Sequence[OutboxItem] = ()) -> None:
         self.count += 1
+        self.items.extend(events)
 
 
 class FlakyDatabase:
@@ -102,6 +105,49 @@ async def test_changes_commit_in_order_with_gap_free_sequences(
     # Everything was queued before the writer ran: one transaction, one wake-up.
     assert wakeups.count == 1
     assert {e.delivery_state for e in events} == {"skipped"}  # no webhook URL anywhere
+    await writer.cancel()
+
+
+async def test_the_notifier_gets_the_pending_events_as_the_outbox_holds_them(
+    database: Database, new_row: Callable[..., Call]
+) -> None:
+    row = new_row(webhook_url="http://127.0.0.1:9/hook")
+    wakeups = Wakeups()
+    writer = CallWriter(row.id, database=database, notifier=wakeups, default_webhook_url=None)
+    writer.start()
+    writer.submit(Insert(row=row, event="call.initiated"))
+    writer.submit(
+        Change(view=_view("establishing", last_response=(180, "Ringing")), event="call.ringing")
+    )
+    await writer.flush()
+    writer.submit(
+        Change(
+            view=_view("terminated", end=Ending(cause="remote_bye", by="remote")),
+            event="call.ended",
+        )
+    )
+    await writer.wait_finished()
+    events = await _events(database, row.id)
+    assert [e.delivery_state for e in events] == ["pending"] * 3
+    # What the dispatcher is handed is exactly what it would read back from the outbox.
+    assert [item.envelope for item in wakeups.items] == [event_resource(e) for e in events]
+    assert [(i.event_id, i.sequence, i.attempts) for i in wakeups.items] == [
+        (e.id, e.sequence, 0) for e in events
+    ]
+    assert {i.call_webhook_url for i in wakeups.items} == {"http://127.0.0.1:9/hook"}
+
+
+async def test_skipped_events_are_not_handed_to_the_notifier(
+    database: Database, new_row: Callable[..., Call]
+) -> None:
+    row = new_row()  # no webhook URL anywhere: every event is skipped
+    wakeups = Wakeups()
+    writer = CallWriter(row.id, database=database, notifier=wakeups, default_webhook_url=None)
+    writer.start()
+    writer.submit(Insert(row=row, event="call.initiated"))
+    await writer.flush()
+    assert wakeups.count == 1
+    assert wakeups.items == []
     await writer.cancel()
 
 
