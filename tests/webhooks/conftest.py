@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,6 +25,20 @@ from tests.webhooks.receiver import Receiver
 SECRET_OLD = "whsec_" + base64.b64encode(b"old-key-0123456789abcdef").decode()
 SECRET_NEW = "whsec_" + base64.b64encode(b"new-key-fedcba9876543210").decode()
 SECRETS = (SECRET_OLD, SECRET_NEW)
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """The HTTP transport's tests run on uvloop too: production runs on it."""
+    factories: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+        "asyncio": asyncio.new_event_loop
+    }
+    if item.path.name == "test_http11.py":
+        import uvloop
+
+        factories["uvloop"] = uvloop.new_event_loop
+    return factories
 
 
 class FakeClock:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 
-import httpcore
 import pytest
 
-from app.webhooks.transport import GuardedNetworkBackend, RefusedConnectError
 from app.webhooks.urls import (
     ForbiddenAddressError,
     InvalidWebhookUrlError,
@@ -124,35 +122,3 @@ def test_check_resolved_needs_every_address_to_pass() -> None:
         check_resolved("h.example", [good, bad])
     with pytest.raises(ForbiddenAddressError, match="no address"):
         check_resolved("h.example", [])
-
-
-async def test_the_connection_guard_refuses_before_connecting() -> None:
-    calls: list[tuple[str, int]] = []
-
-    class Recording(httpcore.AsyncNetworkBackend):
-        async def connect_tcp(
-            self, host: str, port: int, *args: object, **kwargs: object
-        ) -> httpcore.AsyncNetworkStream:
-            calls.append((host, port))
-            raise httpcore.ConnectError("not in this test")
-
-    async def resolver(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-        return {"rebind.example": [ipaddress.ip_address("169.254.169.254")]}.get(
-            host, [ipaddress.ip_address("8.8.8.8")]
-        )
-
-    backend = GuardedNetworkBackend(resolver=resolver, inner=Recording())
-    with pytest.raises(RefusedConnectError, match="link-local"):
-        await backend.connect_tcp("rebind.example", 80)
-    assert calls == []
-    # A public name is connected by the address it resolved to, not by name again.
-    with pytest.raises(httpcore.ConnectError):
-        await backend.connect_tcp("public.example", 443)
-    assert calls == [("8.8.8.8", 443)]
-    # Trusted hosts (the operator's default URL) are connected as they are.
-    trusted = GuardedNetworkBackend(
-        resolver=resolver, trusted_hosts=["Internal.Example"], inner=Recording()
-    )
-    with pytest.raises(httpcore.ConnectError):
-        await trusted.connect_tcp("internal.example", 8080)
-    assert calls[-1] == ("internal.example", 8080)
