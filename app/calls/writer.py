@@ -24,18 +24,17 @@ that still fail are logged and dropped (the call goes on).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import Table, bindparam, func, select
+from sqlalchemy import Connection, Table, bindparam, func, select
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.exc import StaleDataError
 
 from app.calls.rules import later_state
@@ -46,6 +45,7 @@ from app.store.types import utcnow
 from app.webhooks.outbox import OutboxItem, item_of
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # A failed transaction (database restarting, lock timeout) is tried again after these
 # delays; after the last one the change is logged and dropped, the call goes on.
@@ -61,7 +61,7 @@ _FLUSHER_HEAD_START = 4
 class SessionSource(Protocol):
     """Where transactions come from (``app.store.db.Database``)."""
 
-    def session(self) -> AbstractAsyncContextManager[AsyncSession]: ...
+    async def transact(self, work: Callable[[Connection], _T]) -> _T: ...
 
 
 class Notifier(Protocol):
@@ -134,9 +134,16 @@ class Insert:
     data: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class _Barrier:
     done: asyncio.Future[None]
+    # The call as it was at the barrier's place in the queue, set while the batch is
+    # built (changes queued after the barrier may share its transaction).
+    shown: dict[str, Any] | None = None
+
+
+# Barriers by the number of the batch's changes queued before them.
+_Marks = dict[int, list[tuple["CallWriter", _Barrier]]]
 
 
 _Job = Change | Insert | _Barrier
@@ -418,25 +425,33 @@ class GroupWriter:
                         writer._finish()
 
     async def _write_batch(self, batch: list[tuple[CallWriter, _Job]]) -> None:
-        jobs: list[tuple[CallWriter, Change | Insert]] = [
-            (writer, job)
-            for writer, job in batch
-            if not isinstance(job, _Barrier) and not writer.finished
-        ]
+        jobs: list[tuple[CallWriter, Change | Insert]] = []
+        marks: _Marks = {}
+        for writer, job in batch:
+            if isinstance(job, _Barrier):
+                marks.setdefault(len(jobs), []).append((writer, job))
+            elif not writer.finished:
+                jobs.append((writer, job))
         if jobs:
-            if await self._with_retries(jobs) is None:
+            if await self._with_retries(jobs, marks) is None:
                 # RETRY_DELAYS are spent: each change alone, once, so only bad ones drop.
                 for alone in jobs:
-                    if await self._attempt([alone]) is None:
+                    if await self._attempt([alone], {}) is None:
                         alone[0].dropped += 1
                         log.error("call %s: change dropped after retries", alone[0].call_id)
         flushed = False
         for writer, job in batch:
             if isinstance(job, _Barrier):
                 if not job.done.done():
-                    # Committed now; a later batch may change the row before the flusher runs.
+                    # Committed now; a later batch may change the row before the flusher
+                    # runs. Without changes in this batch, the row is what was committed;
+                    # after changes, the barrier's own view (None after a failure: the
+                    # flusher reads the database).
                     row = writer._row
-                    writer._shown = call_resource(row) if row is not None else None
+                    if jobs:
+                        writer._shown = job.shown
+                    else:
+                        writer._shown = call_resource(row) if row is not None else None
                     job.done.set_result(None)
                     flushed = True
             elif isinstance(job, Change) and job.view.end is not None:
@@ -450,10 +465,12 @@ class GroupWriter:
             for _ in range(_FLUSHER_HEAD_START):
                 await asyncio.sleep(0)
 
-    async def _with_retries(self, jobs: list[tuple[CallWriter, Change | Insert]]) -> bool | None:
+    async def _with_retries(
+        self, jobs: list[tuple[CallWriter, Change | Insert]], marks: _Marks
+    ) -> bool | None:
         delays = iter(self._retry_delays)
         while True:
-            done = await self._attempt(jobs)
+            done = await self._attempt(jobs, marks)
             if done is not None:
                 return done
             delay = next(delays, None)
@@ -461,10 +478,15 @@ class GroupWriter:
                 return None
             await self._sleep(delay)
 
-    async def _attempt(self, jobs: list[tuple[CallWriter, Change | Insert]]) -> bool | None:
+    async def _attempt(
+        self, jobs: list[tuple[CallWriter, Change | Insert]], marks: _Marks
+    ) -> bool | None:
         """One transaction for ``jobs``; None when it failed (and was rolled back)."""
+        for barriers in marks.values():
+            for _writer, barrier in barriers:
+                barrier.shown = None
         try:
-            batch = await self._commit(jobs)
+            batch = await self._commit(jobs, marks)
         except (SQLAlchemyError, OSError) as exc:
             log.warning("call writer: transaction of %d change(s) failed: %s", len(jobs), exc)
             for writer, _job in jobs:
@@ -478,39 +500,50 @@ class GroupWriter:
             notifier.notify(batch.items.get(id(notifier), ()))
         return True
 
-    async def _commit(self, jobs: list[tuple[CallWriter, Change | Insert]]) -> _Batch:
+    async def _commit(
+        self, jobs: list[tuple[CallWriter, Change | Insert]], marks: _Marks
+    ) -> _Batch:
+        wanted = self._unknown(jobs)
+        if wanted:
+            loaded = await self._database.transact(functools.partial(_load_rows, list(wanted)))
+            for call_id, (values, sequence) in loaded.items():
+                writer = wanted[call_id]
+                writer._row = Call(**values)
+                writer._sequence = sequence
         batch = _Batch()
-        async with self._database.session() as session, session.begin():
-            await self._load(session, jobs)
-            now = utcnow()
-            for writer, job in jobs:
-                if isinstance(job, Insert):
-                    row = writer._row = _copy_row(job.row)
-                    writer._sequence = 0
-                    batch.inserts[row.id] = row
-                    batch.updates.pop(row.id, None)
-                    self._append(batch, writer, row, job.event, job.data, now)
-                    batch.written.append((writer, job))
-                    continue
-                found = writer._row
-                if found is None:
-                    log.error("call %s: row missing, change dropped", writer.call_id)
-                    continue
-                apply_view(found, job.view)
-                found.updated_at = now
-                if found.id not in batch.inserts and found.id not in batch.updates:
-                    batch.updates[found.id] = found
-                    batch.loaded_version[found.id] = found.version
-                if job.event is not None:
-                    self._append(batch, writer, found, job.event, job.data, now)
+        now = utcnow()
+        for index, (writer, job) in enumerate(jobs):
+            _show(marks.get(index))
+            if isinstance(job, Insert):
+                row = writer._row = _copy_row(job.row)
+                writer._sequence = 0
+                batch.inserts[row.id] = row
+                batch.updates.pop(row.id, None)
+                self._append(batch, writer, row, job.event, job.data, now)
                 batch.written.append((writer, job))
-            await self._flush(session, batch)
+                continue
+            found = writer._row
+            if found is None:
+                log.error("call %s: row missing, change dropped", writer.call_id)
+                continue
+            apply_view(found, job.view)
+            found.updated_at = now
+            if found.id not in batch.inserts and found.id not in batch.updates:
+                batch.updates[found.id] = found
+                batch.loaded_version[found.id] = found.version
+            if job.event is not None:
+                self._append(batch, writer, found, job.event, job.data, now)
+            batch.written.append((writer, job))
+        _show(marks.get(len(jobs)))
+        statements = _Statements.of(batch)
+        await self._database.transact(statements.run)
+        for call_id, row in batch.updates.items():
+            row.version = batch.loaded_version[call_id] + 1
         return batch
 
-    async def _load(
-        self, session: AsyncSession, jobs: list[tuple[CallWriter, Change | Insert]]
-    ) -> None:
-        """Rows and last sequences of the calls this batch changes and does not know yet."""
+    @staticmethod
+    def _unknown(jobs: list[tuple[CallWriter, Change | Insert]]) -> dict[str, CallWriter]:
+        """The calls this batch changes whose row and last sequence are not in memory."""
         wanted: dict[str, CallWriter] = {}
         seen: set[int] = set()
         for writer, job in jobs:
@@ -519,20 +552,7 @@ class GroupWriter:
             seen.add(id(writer))
             if writer._row is None and isinstance(job, Change):
                 wanted[writer.call_id] = writer
-        if not wanted:
-            return
-        ids = list(wanted)
-        rows = await session.execute(select(_CALLS).where(_CALLS.c.id.in_(ids)))
-        for values in rows.mappings():
-            wanted[values["id"]]._row = Call(**values)
-        last = await session.execute(
-            select(_EVENTS.c.call_id, func.max(_EVENTS.c.sequence))
-            .where(_EVENTS.c.call_id.in_(ids))
-            .group_by(_EVENTS.c.call_id)
-        )
-        sequences = {call_id: int(sequence) for call_id, sequence in last.all()}
-        for call_id, writer in wanted.items():
-            writer._sequence = sequences.get(call_id, 0)
+        return wanted
 
     @staticmethod
     def _append(
@@ -569,24 +589,58 @@ class GroupWriter:
         if delivery is DeliveryState.PENDING:
             items.append(item_of(values, webhook_url=row.webhook_url))
 
-    @staticmethod
-    async def _flush(session: AsyncSession, batch: _Batch) -> None:
-        """The batch's statements: one executemany each (rows first: events refer to them)."""
-        if batch.inserts:
-            await session.execute(
-                _INSERT_CALL, [_row_values(row) for row in batch.inserts.values()]
-            )
-        if batch.updates:
-            params = []
-            for call_id, row in batch.updates.items():
-                version = batch.loaded_version[call_id]
-                values = {f"v_{name}": getattr(row, name) for name in _MUTABLE}
-                values.update(k_id=call_id, k_version=version, v_version=version + 1)
-                params.append(values)
-                row.version = version + 1
-            result = await session.execute(_UPDATE_CALL, params)
-            dialect = session.get_bind().dialect
-            if dialect.supports_sane_multi_rowcount and result.rowcount != len(params):  # type: ignore[attr-defined]
+
+def _show(barriers: list[tuple[CallWriter, _Barrier]] | None) -> None:
+    """Fill in what the barriers' flushers will be shown: their call as it is now."""
+    for writer, barrier in barriers or ():
+        row = writer._row
+        barrier.shown = call_resource(row) if row is not None else None
+
+
+def _load_rows(ids: list[str], connection: Connection) -> dict[str, tuple[dict[str, Any], int]]:
+    """Rows and last event sequences of ``ids`` (runs in ``Database.transact``)."""
+    rows = connection.execute(select(_CALLS).where(_CALLS.c.id.in_(ids)))
+    found: dict[str, dict[str, Any]] = {values["id"]: dict(values) for values in rows.mappings()}
+    last = connection.execute(
+        select(_EVENTS.c.call_id, func.max(_EVENTS.c.sequence))
+        .where(_EVENTS.c.call_id.in_(ids))
+        .group_by(_EVENTS.c.call_id)
+    )
+    sequences = {call_id: int(sequence) for call_id, sequence in last.all()}
+    return {call_id: (values, sequences.get(call_id, 0)) for call_id, values in found.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class _Statements:
+    """A batch's parameters, built on the loop; :meth:`run` executes them (any thread)."""
+
+    inserts: list[dict[str, Any]]
+    updates: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+
+    @classmethod
+    def of(cls, batch: _Batch) -> _Statements:
+        updates = []
+        for call_id, row in batch.updates.items():
+            version = batch.loaded_version[call_id]
+            values = {f"v_{name}": getattr(row, name) for name in _MUTABLE}
+            values.update(k_id=call_id, k_version=version, v_version=version + 1)
+            updates.append(values)
+        return cls(
+            inserts=[_row_values(row) for row in batch.inserts.values()],
+            updates=updates,
+            events=batch.events,
+        )
+
+    def run(self, connection: Connection) -> None:
+        """One executemany each (rows first: events refer to them)."""
+        if self.inserts:
+            connection.execute(_INSERT_CALL, self.inserts)
+        if self.updates:
+            result = connection.execute(_UPDATE_CALL, self.updates)
+            if connection.dialect.supports_sane_multi_rowcount and result.rowcount != len(
+                self.updates
+            ):
                 raise StaleDataError("a call row changed under its writer")
-        if batch.events:
-            await session.execute(_INSERT_EVENT, batch.events)
+        if self.events:
+            connection.execute(_INSERT_EVENT, self.events)

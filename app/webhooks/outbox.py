@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypedDict
 
-from sqlalchemy import and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import ColumnElement
@@ -180,20 +180,35 @@ async def write_outcomes(
     """Insert attempt rows and update events (by primary key), in the caller's transaction."""
     # Core statements with executemany: no ORM unit of work for rows nobody holds.
     if deliveries:
-        await session.execute(insert(_DELIVERIES), list(deliveries))
+        await session.execute(_INSERT_DELIVERY, list(deliveries))
     if updates:
-        table = _EVENTS
-        await session.execute(
-            update(table)
-            .where(table.c.id == bindparam("event_id"))
-            .values(
-                attempts=bindparam("attempts"),
-                delivery_state=bindparam("delivery_state"),
-                next_attempt_at=bindparam("next_attempt_at"),
-                delivered_at=bindparam("delivered_at"),
-            ),
-            [{**u, "event_id": u["id"]} for u in updates],
-        )
+        await session.execute(_UPDATE_OUTCOME, [{**u, "event_id": u["id"]} for u in updates])
+
+
+_INSERT_DELIVERY = insert(_DELIVERIES)
+_UPDATE_OUTCOME = (
+    update(_EVENTS)
+    .where(_EVENTS.c.id == bindparam("event_id"))
+    .values(
+        attempts=bindparam("attempts"),
+        delivery_state=bindparam("delivery_state"),
+        next_attempt_at=bindparam("next_attempt_at"),
+        delivered_at=bindparam("delivered_at"),
+    )
+)
+
+
+def write_outcomes_sync(
+    connection: Connection,
+    *,
+    deliveries: Sequence[DeliveryRow],
+    updates: Sequence[EventUpdate],
+) -> None:
+    """:func:`write_outcomes` on a synchronous connection (``Database.transact``)."""
+    if deliveries:
+        connection.execute(_INSERT_DELIVERY, list(deliveries))
+    if updates:
+        connection.execute(_UPDATE_OUTCOME, [{**u, "event_id": u["id"]} for u in updates])
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -24,8 +24,8 @@ from app.store.db import Database
 from app.store.models import CallEvent
 from app.store.repositories import CallRepository, EventRepository
 from app.store.resources import call_resource
-from app.webhooks.outbox import OutboxItem
 from app.ua import Invitation, ServerCore, UserAgent, UserAgentConfig, UserAgentDelegate
+from app.webhooks.outbox import OutboxItem
 
 #: Upper bound of any wait in these tests (a failure bound, not a timing assertion).
 WAIT = 10.0

@@ -5,14 +5,13 @@ failure (a fault injected by wrapping the session factory)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
+from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.calls.writer import (
     CallWriter,
@@ -29,6 +28,7 @@ from app.store.repositories import CallRepository, EventRepository
 from app.store.resources import call_resource, event_resource
 from app.webhooks.outbox import OutboxItem
 
+T = TypeVar("T")
 T0 = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
 
 
@@ -43,19 +43,17 @@ class Wakeups:
 
 
 class FlakyDatabase:
-    """The real database, but the first ``failures`` sessions fail to begin."""
+    """The real database, but the first ``failures`` transactions fail to begin."""
 
     def __init__(self, database: Database, failures: int) -> None:
         self._database = database
         self.failures = failures
 
-    @asynccontextmanager
-    async def session(self) -> AsyncIterator[AsyncSession]:
+    async def transact(self, work: Callable[[Connection], T]) -> T:
         if self.failures > 0:
             self.failures -= 1
             raise OperationalError("BEGIN", {}, ConnectionError("database restarting"))
-        async with self._database.session() as session:
-            yield session
+        return await self._database.transact(work)
 
 
 def _view(state: str, **kw: Any) -> SessionView:
@@ -249,11 +247,9 @@ class CountingDatabase:
         self._database = database
         self.sessions = 0
 
-    @asynccontextmanager
-    async def session(self) -> AsyncIterator[AsyncSession]:
+    async def transact(self, work: Callable[[Connection], T]) -> T:
         self.sessions += 1
-        async with self._database.session() as session:
-            yield session
+        return await self._database.transact(work)
 
 
 async def test_the_changes_of_many_calls_share_one_transaction(

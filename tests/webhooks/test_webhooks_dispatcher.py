@@ -21,9 +21,9 @@ from app.store.db import Database
 from app.store.models import DeliveryState
 from app.webhooks.config import SystemClock, WebhookConfig
 from app.webhooks.dispatcher import WebhookEvent, WebhookResponse, excerpt
+from app.webhooks.http11 import Http11Transport
 from app.webhooks.retry import RetryPolicy
 from app.webhooks.signing import parse_secrets
-from app.webhooks.transport import GuardedNetworkBackend, GuardedTransport
 from app.webhooks.urls import IPAddress, check_webhook_url
 from tests.webhooks.conftest import (
     SECRETS,
@@ -677,10 +677,8 @@ async def test_the_guard_connects_to_the_address_it_checked(
     import httpx
 
     def client() -> httpx.AsyncClient:
-        backend = GuardedNetworkBackend(resolver=resolver, check=permit_loopback)
-        return httpx.AsyncClient(
-            transport=GuardedTransport(backend=backend, limits=httpx.Limits()), trust_env=False
-        )
+        transport = Http11Transport(guard=True, resolver=resolver, check=permit_loopback)
+        return httpx.AsyncClient(transport=transport, trust_env=False)
 
     url = f"http://hooks.example.test:{receiver.port}/pinned"
     call = await add_call(webhook_url=url)
@@ -781,15 +779,15 @@ async def test_an_attempt_that_could_not_be_recorded_is_sent_again(
 ) -> None:
     from app.webhooks import outbox
 
-    real_write = outbox.write_outcomes
+    real_write = outbox.write_outcomes_sync
     failures = [RuntimeError("database went away")]
 
-    async def flaky_write(*args: Any, **kwargs: Any) -> None:
+    def flaky_write(*args: Any, **kwargs: Any) -> None:
         if failures:
             raise failures.pop()
-        await real_write(*args, **kwargs)
+        real_write(*args, **kwargs)
 
-    monkeypatch.setattr(outbox, "write_outcomes", flaky_write)
+    monkeypatch.setattr(outbox, "write_outcomes_sync", flaky_write)
     # The call is held back for one poll interval after the failed write.
     dispatcher = make_dispatcher(poll_interval=0.05, dispatcher_kwargs={"clock": SystemClock()})
     call = await add_call(webhook_url=receiver.url())
