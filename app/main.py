@@ -3,12 +3,14 @@
 Nothing is built at import time. The lifespan opens the database, starts the webhook
 dispatcher, the call service, and (unless ``sip=False``) the SIP server with the recovery
 agent in front of its user agent and the RTP media factory, each registering its readiness
-check. Then the calls a previous process left unfinished are ended from their persisted
-dialog state (:mod:`app.calls.recovery`), before HTTP serves. ``app.state.shutdown`` lets
-``callctl serve`` start the graceful drain on SIGTERM (:mod:`app.calls.shutdown`). Everything
-started is stopped in reverse order by one AsyncExitStack, also when start-up fails half-way:
-the user agent ends every live call (cause ``shutdown``), the call service writes those ends,
-the SIP sockets close, the dispatcher flushes what it can, the database closes.
+check, and the admission control that sheds new calls under overload
+(:mod:`app.calls.admission`). Then the calls a previous process left unfinished are ended
+from their persisted dialog state (:mod:`app.calls.recovery`), before HTTP serves.
+``app.state.shutdown`` lets ``callctl serve`` start the graceful drain on SIGTERM
+(:mod:`app.calls.shutdown`). Everything started is stopped in reverse order by one
+AsyncExitStack, also when start-up fails half-way: the user agent ends every live call
+(cause ``shutdown``), the call service writes those ends, the SIP sockets close, the
+dispatcher flushes what it can, the database closes.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from app.api import actions, calls, health
-from app.api.metrics import HttpMetrics, MetricsMiddleware
+from app.api.metrics import AdmissionCollector, HttpMetrics, MetricsMiddleware
 from app.api.openapi import API_VERSION, DESCRIPTION, SUMMARY, TITLE, install_openapi
 from app.api.problems import install_problem_handlers
 from app.api.readiness import ReadinessChecks
 from app.api.webhook_docs import register_webhook_docs
+from app.calls.admission import AdmissionControl, LoopLagMonitor, OverloadLimits
 from app.calls.answer_flow import AnswerFlow
 from app.calls.service import CallService
 from app.calls.shutdown import GracefulShutdown
@@ -141,6 +144,39 @@ async def _start_sip(
     )
 
 
+def _start_admission(
+    app: FastAPI,
+    settings: Settings,
+    service: CallService,
+    dispatcher: WebhookDispatcher,
+    stack: AsyncExitStack,
+) -> None:
+    """Admission control: new calls get 503 over ``CALLCTL_MAX_CALLS`` or while overloaded
+    (the recovery agent answers INVITEs, the service refuses dials); the loop-lag monitor
+    feeds it; its figures go to /metrics."""
+    admission = AdmissionControl(
+        OverloadLimits.from_settings(settings),
+        active_calls=lambda: service.active_calls,
+        write_backlog=lambda: service.write_backlog,
+        webhook_backlog=lambda: dispatcher.backlog,
+        dials=lambda: service.dials_in_progress,
+    )
+    service.set_admission(admission)
+    stack.callback(service.set_admission, None)
+    agent: RecoveryAgent | None = app.state.recovery_agent
+    if agent is not None:
+        agent.admit_with(admission)
+    monitor = LoopLagMonitor(admission.observe)
+    monitor.start()
+    stack.push_async_callback(monitor.stop)
+    registry: CollectorRegistry = app.state.metrics_registry
+    collector = AdmissionCollector(admission)
+    registry.register(collector)
+    stack.callback(registry.unregister, collector)
+    app.state.admission = admission
+    stack.callback(setattr, app.state, "admission", None)
+
+
 class ShutdownControl:
     """Lets a signal handler start the graceful drain inside the running app.
 
@@ -210,6 +246,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             database.sessionmaker,
             WebhookConfig.from_settings(settings),
             on_response=AnswerFlow(service),
+            transact=database.transact,
         )
         await dispatcher.start()
         stack.push_async_callback(dispatcher.stop, settings.drain_seconds)
@@ -222,12 +259,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.call_service = service
         stack.callback(setattr, app.state, "call_service", None)
 
-        # 4. SIP server, user agent, media (the service is the UA's delegate). Then the
-        #    calls a previous process left behind are ended from their persisted dialog
-        #    state (BYE / CANCEL / 480 on the wire, call.ended in the outbox), before HTTP
-        #    serves (the lifespan has not yielded yet).
+        # 4. SIP server, user agent, media (the service is the UA's delegate), and the
+        #    admission control in front of new calls. Then the calls a previous process
+        #    left behind are ended from their persisted dialog state (BYE / CANCEL / 480
+        #    on the wire, call.ended in the outbox), before HTTP serves (the lifespan has
+        #    not yielded yet).
         if app.state.sip_enabled:
             await _start_sip(app, settings, service, stack)
+        _start_admission(app, settings, service, dispatcher, stack)
         await service.recover(app.state.recovery_agent)
 
         # 5. SIGTERM (via `callctl serve`): drain before the HTTP server stops.

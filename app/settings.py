@@ -247,6 +247,54 @@ class Settings(BaseSettings):
         ),
     )
 
+    # -- Load ----------------------------------------------------------------------------
+    max_calls: int = Field(
+        default=0,
+        ge=0,
+        le=1_000_000,
+        description=(
+            "Most calls at once (inbound and outbound); a new INVITE over it gets 503 with "
+            "Retry-After, POST /v1/calls a 503 problem. 0: no cap."
+        ),
+    )
+    overload_lag_ms: int = Field(
+        default=150,
+        ge=0,
+        le=60_000,
+        description=(
+            "Load shedding: event-loop lag (smoothed, ms) above which fewer new calls are "
+            "admitted (503 + Retry-After); 0: not a signal."
+        ),
+    )
+    overload_write_backlog: int = Field(
+        default=2000,
+        ge=0,
+        le=10_000_000,
+        description=(
+            "Load shedding: call changes queued for the database above which fewer new calls "
+            "are admitted; 0: not a signal."
+        ),
+    )
+    overload_webhook_backlog: int = Field(
+        default=500,
+        ge=0,
+        le=10_000_000,
+        description=(
+            "Load shedding: webhook events waiting for a delivery slot, deliveries under way "
+            "and outcomes not yet recorded, above which fewer new calls are admitted; 0: not a "
+            "signal."
+        ),
+    )
+    overload_dials: int = Field(
+        default=100,
+        ge=0,
+        le=1_000_000,
+        description=(
+            "Load shedding: POST /v1/calls requests being placed at once above which fewer "
+            "new calls are admitted; 0: not a signal."
+        ),
+    )
+
     # -- Storage and process -------------------------------------------------------------
     database_url: str = Field(
         default="sqlite+aiosqlite:///./callctl.db",

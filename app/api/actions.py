@@ -55,6 +55,23 @@ UNAVAILABLE: ResponseSpec = {
     503: {"model": Problem, "description": "SIP or the database is not running right now."}
 }
 ACTION_RESPONSES: ResponseSpec = {**NOT_FOUND, **CONFLICT, **BODY_INVALID, **UNAVAILABLE}
+DIAL_UNAVAILABLE: ResponseSpec = {
+    503: {
+        "model": Problem,
+        "description": (
+            "No call was placed and nothing was written: SIP or the database is not running, "
+            "the service is draining, or it sheds new calls (type "
+            "`urn:callctl:problem:overloaded`, `reason` `overload` or `max_calls`: "
+            "`CALLCTL_MAX_CALLS` calls are up), when `Retry-After` says when to try again."
+        ),
+        "headers": {
+            "Retry-After": {
+                "description": "Seconds to wait before dialing again (sent when calls are shed).",
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        },
+    }
+}
 
 
 def get_call_service(request: Request) -> CallService:
@@ -102,14 +119,16 @@ def _call(resource: dict[str, Any]) -> Call:
         "`call.early_media`, `call.answered`, `call.ended`.\n\n"
         "With an `Idempotency-Key` header, a retry with the same key and the same body "
         "returns the first call (200) instead of dialing again; the same key with another "
-        "body is refused (422)."
+        "body is refused (422).\n\n"
+        "Under overload, or with `CALLCTL_MAX_CALLS` calls up, new calls are refused with a "
+        "503 problem and a `Retry-After` header; calls already placed go on."
     ),
     status_code=201,
     response_model=Call,
     responses={
         200: {"model": Call, "description": "Idempotent replay: the call the key made first."},
         **BODY_INVALID,
-        **UNAVAILABLE,
+        **DIAL_UNAVAILABLE,
     },
 )
 async def create_call(

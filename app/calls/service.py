@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from sqlalchemy.exc import IntegrityError
 
 from app.calls import commands
+from app.calls.admission import AdmissionControl, OverloadedError
 from app.calls.recovery import CallEnder, recover_calls
 from app.calls.rules import Action, allowed_actions, is_no_op
 from app.calls.writer import (
@@ -28,6 +29,7 @@ from app.calls.writer import (
     Change,
     DialogView,
     Ending,
+    GroupWriter,
     Insert,
     Notifier,
     SessionView,
@@ -309,6 +311,8 @@ class CallService(UserAgentDelegate):
         self._live: dict[str, LiveCall] = {}
         self._key_locks = _KeyLocks()
         self._closing = False
+        self._admission: AdmissionControl | None = None
+        self._dialing = 0  # dial requests being placed (row written, INVITE sent, ...)
 
     # -- wiring ----------------------------------------------------------------------
 
@@ -324,9 +328,29 @@ class CallService(UserAgentDelegate):
         for live in self._live.values():
             live.writer.set_notifier(notifier)
 
+    def set_admission(self, admission: AdmissionControl | None) -> None:
+        """Ask ``admission`` before every dial (None: dial whenever SIP runs)."""
+        self._admission = admission
+
     @property
     def live_calls(self) -> int:
         return len(self._live)
+
+    @property
+    def active_calls(self) -> int:
+        """Calls with a SIP session now (what ``CALLCTL_MAX_CALLS`` caps)."""
+        return len(self._ua.sessions) if self._ua is not None else 0
+
+    @property
+    def dials_in_progress(self) -> int:
+        """Dial requests admitted and not yet answered (a load signal: they wait for the
+        database when it is behind)."""
+        return self._dialing
+
+    @property
+    def write_backlog(self) -> int:
+        """Call changes queued for the database (a load signal; see app.calls.admission)."""
+        return GroupWriter.of(self._database).backlog
 
     def session_of(self, call_id: str) -> Session | None:
         live = self._live.get(call_id)
@@ -465,6 +489,21 @@ class CallService(UserAgentDelegate):
         self, command: commands.Dial, idempotency: tuple[str, str] | None
     ) -> CallResource:
         ua = self._require_ua()
+        if self._admission is not None:
+            # Before anything is written or sent; no await until the Inviter exists, so
+            # concurrent dials cannot all pass a cap with one place left.
+            refusal = self._admission.admit("api")
+            if refusal is not None:
+                raise OverloadedError(refusal)
+        self._dialing += 1
+        try:
+            return await self._place(ua, command, idempotency)
+        finally:
+            self._dialing -= 1
+
+    async def _place(
+        self, ua: UserAgent, command: commands.Dial, idempotency: tuple[str, str] | None
+    ) -> CallResource:
         call_id = new_call_id()
         try:
             inviter = self._new_inviter(ua, call_id, command)

@@ -20,7 +20,11 @@ After a crash the sessions and their transactions are gone; what survives is the
 The agent is the transaction user (TU) the ``ServerCore`` talks to; it consumes the events
 of what it ended and hands everything else to the UA behind it. While the service drains
 (:meth:`RecoveryAgent.refuse_new_invites`), new out-of-dialog INVITEs get 503 with a
-Retry-After (RFC 3261 §21.5.4) before they reach the UA; in-dialog requests go on.
+Retry-After (RFC 3261 §21.5.4) before they reach the UA; in-dialog requests go on. The
+same happens to a new INVITE that admission control refuses (:meth:`RecoveryAgent.admit_with`:
+overload, or the call cap), each asked once per INVITE: the 503 goes through the INVITE's
+server transaction, so its retransmissions get the same 503 and its ACK is absorbed
+(§17.2.1).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Protocol
 
 from app.sip.dialog import Dialog, DialogRole, DialogState, build_cancel
 from app.sip.errors import LocalProtocolError, SipError
@@ -50,6 +55,7 @@ from app.ua.core import Cancellable, SipCore, TransactionUser
 from app.ua.session import DialogSnapshot
 
 __all__ = [
+    "InviteAdmission",
     "OrphanDialog",
     "RecoveryAction",
     "RecoveryAgent",
@@ -71,6 +77,14 @@ class RecoveryAction(StrEnum):
     CANCEL = "cancel"
     REJECT = "reject"  # a 480 to the stored INVITE
     NONE = "none"  # nothing could be sent (the INVITE never left, no stored Via, ...)
+
+
+class InviteAdmission(Protocol):
+    """Decides whether a new INVITE may start a call (``app.calls.admission``)."""
+
+    def admit_invite(self) -> int | None:
+        """None: hand it to the UA; else refuse it with 503 and this Retry-After (s)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -132,10 +146,11 @@ class _Rejected:
 
 
 class RecoveryAgent:
-    """The TU in front of the UA: ends orphaned calls, refuses INVITEs while draining.
+    """The TU in front of the UA: ends orphaned calls, refuses INVITEs while draining
+    or when admission control says so.
 
     Wiring: ``agent = RecoveryAgent(core, t1=..., t2=...)``, ``core.attach(agent)``,
-    ``agent.attach(ua)``.
+    ``agent.attach(ua)``, optionally ``agent.admit_with(admission)``.
     """
 
     def __init__(
@@ -156,7 +171,9 @@ class RecoveryAgent:
         self._cancelled: dict[tuple[str, str], _Cancelled] = {}  # (Call-ID, From tag)
         self._rejected: dict[str, _Rejected] = {}  # by Call-ID
         self._retry_after: int | None = None
+        self._admission: InviteAdmission | None = None
         self.refused = 0  # INVITEs answered 503 while draining
+        self.shed = 0  # INVITEs answered 503 because admission control refused them
         self.answers: list[tuple[str, int, str]] = []  # (label, status, method) seen
 
     # ================================================================================
@@ -168,6 +185,10 @@ class RecoveryAgent:
     def refuse_new_invites(self, retry_after: int) -> None:
         """From now on, new INVITEs get 503 with ``Retry-After: retry_after``."""
         self._retry_after = max(0, int(retry_after))
+
+    def admit_with(self, admission: InviteAdmission | None) -> None:
+        """Ask ``admission`` about every new out-of-dialog INVITE (None: admit all)."""
+        self._admission = admission
 
     @property
     def refusing(self) -> bool:
@@ -405,6 +426,12 @@ class RecoveryAgent:
             self.refused += 1
             self._respond(event, 503, headers=(("Retry-After", str(self._retry_after)),))
             return True
+        if self._admission is not None:
+            retry_after = self._admission.admit_invite()
+            if retry_after is not None:
+                self.shed += 1
+                self._respond(event, 503, headers=(("Retry-After", str(retry_after)),))
+                return True
         return False
 
     def _respond(

@@ -39,6 +39,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.store.models import DeliveryState, EventType
@@ -151,6 +152,17 @@ def _describe(exc: BaseException) -> str:
     return message[:MAX_ERROR_LENGTH]
 
 
+Transact = Callable[[Callable[[Connection], None]], Awaitable[None]]
+
+
+async def _transact_in_session(
+    sessionmaker: async_sessionmaker[AsyncSession], work: Callable[[Connection], None]
+) -> None:
+    async with sessionmaker() as session, session.begin():
+        connection = await session.connection()
+        await connection.run_sync(work)
+
+
 class _HostLimiter:
     """At most ``limit`` requests at once per origin; entries go away when unused."""
 
@@ -185,6 +197,8 @@ class WebhookDispatcher:
     a fake one). ``http_client_factory``: builds the pooled client at start; the default
     one carries the SSRF guard, a replacement must bring its own. ``rng``: jitter draws.
     ``on_response``: see :data:`OnResponse`. ``resolver``: host name lookups of the guard.
+    ``transact``: runs the attempt log writes (``app.store.db.Database.transact``: on a
+    SQLite file, one dedicated thread); default: a session of ``sessionmaker``.
     """
 
     def __init__(
@@ -197,8 +211,10 @@ class WebhookDispatcher:
         rng: random.Random | None = None,
         on_response: OnResponse | None = None,
         resolver: Resolver | None = None,
+        transact: Transact | None = None,
     ) -> None:
         self._sessionmaker = sessionmaker
+        self._transact: Transact = transact or functools.partial(_transact_in_session, sessionmaker)
         self._config = config
         self._clock: Clock = clock or SystemClock()
         self._rng = rng or random.Random()
@@ -232,6 +248,7 @@ class WebhookDispatcher:
         self._tracked: dict[str, _Tracked] = {}
         # Tracked calls with an event ready to start, waiting for a free slot (FIFO).
         self._ready: deque[str] = deque()
+        self._queued = 0  # events in the tracked calls' queues
         # Something may be due in the database that the fast path does not cover.
         self._db_dirty = True
         # The earliest due time the worker knows of (from its last look at the outbox and
@@ -253,8 +270,7 @@ class WebhookDispatcher:
     def backlog(self) -> int:
         """Events known in memory and not yet delivered, deliveries under way and
         outcomes waiting to be recorded (a load signal)."""
-        queued = sum(len(t.queue) for t in self._tracked.values()) if self._ready else 0
-        return queued + len(self._inflight) + len(self._write_queue)
+        return self._queued + len(self._inflight) + len(self._write_queue)
 
     def notify(self, events: Sequence[OutboxItem] = ()) -> None:
         """New events were committed: send them (cheap; call right after the commit).
@@ -279,6 +295,7 @@ class WebhookDispatcher:
                 continue  # already handed over (the database path raced the commit)
             tracked.last = item.sequence
             tracked.queue.append(item)
+            self._queued += 1
             if len(tracked.queue) == 1 and item.call_id not in self._inflight:
                 self._ready.append(item.call_id)
         if not events:
@@ -294,6 +311,7 @@ class WebhookDispatcher:
             tracked = self._tracked.get(call_id)
             if tracked is None or not tracked.queue or call_id in self._inflight:
                 continue
+            self._queued -= 1
             self._launch(tracked.queue.popleft())
         if ready or self._inflight:
             self._idle.clear()
@@ -339,6 +357,7 @@ class WebhookDispatcher:
         # What the fast path held in memory is pending in the outbox: the next start
         # finds it there.
         self._tracked.clear()
+        self._queued = 0
         self._ready.clear()
         self._db_dirty = True
         if self._writer is not None:
@@ -548,7 +567,9 @@ class WebhookDispatcher:
 
     def _untrack(self, call_id: str) -> None:
         """The database path takes the call over (its events are all in the outbox)."""
-        if self._tracked.pop(call_id, None) is not None:
+        tracked = self._tracked.pop(call_id, None)
+        if tracked is not None:
+            self._queued -= len(tracked.queue)
             self._db_dirty = True
             self._wake.set()
 
@@ -627,13 +648,13 @@ class WebhookDispatcher:
         while self._write_queue:
             batch = self._write_queue[:MAX_WRITE_BATCH]
             del self._write_queue[:MAX_WRITE_BATCH]
+            work = functools.partial(
+                outbox.write_outcomes_sync,
+                deliveries=[w.delivery for w in batch if w.delivery is not None],
+                updates=[w.update for w in batch],
+            )
             try:
-                async with self._sessionmaker() as session, session.begin():
-                    await outbox.write_outcomes(
-                        session,
-                        deliveries=[w.delivery for w in batch if w.delivery is not None],
-                        updates=[w.update for w in batch],
-                    )
+                await self._transact(work)
             except Exception as exc:
                 for write in batch:
                     if not write.done.done():
