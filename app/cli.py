@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from pydantic import SecretStr
 
+from app.gc_tuning import tune_for_serving
 from app.settings import PortRange, Settings, SettingsError, field_env_name, load_settings
 
 PROG = "callctl"
@@ -225,6 +226,8 @@ def cmd_serve(settings: Settings) -> int:
         timeout_graceful_shutdown=max(1, math.ceil(settings.drain_seconds)),
     )
     server = _draining_server(config, app.state.shutdown)
+    config.load()  # uvicorn's protocol and loop modules: imported before the freeze
+    tune_for_serving()
     _StopSignals().install()
     try:
         server.run()

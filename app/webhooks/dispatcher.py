@@ -45,10 +45,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.store.models import DeliveryState, EventType
 from app.webhooks import outbox
 from app.webhooks.config import EXCERPT_LIMIT, Clock, SystemClock, WebhookConfig
+from app.webhooks.http11 import Http11Transport
 from app.webhooks.outbox import OutboxItem
 from app.webhooks.retry import Verdict, judge
 from app.webhooks.signing import WebhookSigner
-from app.webhooks.transport import Resolver, build_http_client, refusal_of, system_resolver
+from app.webhooks.transport import Resolver, build_http_transport, refusal_of, system_resolver
 from app.webhooks.urls import (
     InvalidWebhookUrlError,
     check_resolved,
@@ -223,8 +224,13 @@ class WebhookDispatcher:
         self._signer = WebhookSigner(config.keys)
         self._trusted_url = config.default_url if config.trust_default_url else None
         self._trusted_host = webhook_host(self._trusted_url) if self._trusted_url else ""
-        self._http_client_factory = http_client_factory or self._default_client
+        self._http_client_factory = http_client_factory
         self._client: httpx.AsyncClient | None = None
+        # The default: our transport, called directly. httpx's client layer costs ~120 us
+        # per request and its Response <-> stream reference cycle left ~24 objects of
+        # cyclic garbage per webhook (the bulk of the garbage collector's work).
+        self._transport: Http11Transport | None = None
+        self._timeouts = {key: config.timeout for key in ("connect", "read", "write", "pool")}
         self._hosts = _HostLimiter(config.max_per_host)
         self._gone: set[str] = set()
         self._opened = False
@@ -419,14 +425,12 @@ class WebhookDispatcher:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def _default_client(self) -> httpx.AsyncClient:
-        return build_http_client(
-            timeout=self._config.timeout,
+    def _default_transport(self) -> Http11Transport:
+        return build_http_transport(
             max_connections=self._config.max_in_flight,
             allow_private=self._config.allow_private,
             trusted_hosts=(self._trusted_host,) if self._trusted_host else (),
             resolver=self._resolver,
-            user_agent=self._config.user_agent,
         )
 
     async def _open(self) -> None:
@@ -439,13 +443,19 @@ class WebhookDispatcher:
                 "webhook URLs answered 410 Gone; their events are failed without attempts",
                 extra={"urls": sorted(self._gone)},
             )
-        self._client = self._http_client_factory()
+        if self._http_client_factory is not None:
+            self._client = self._http_client_factory()
+        else:
+            self._transport = self._default_transport()
         self._opened = True
 
     async def _close(self) -> None:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        if self._transport is not None:
+            await self._transport.aclose()
+            self._transport = None
         self._opened = False
 
     # -- the worker ------------------------------------------------------------------------
@@ -681,7 +691,6 @@ class WebhookDispatcher:
             check_resolved(host, await self._resolver(host, port))
 
     async def _attempt(self, item: OutboxItem, url: str) -> _Attempt:
-        assert self._client is not None
         body = self._body(item)
         headers = {"content-type": "application/json"}
         timestamp = int(self._clock.now().timestamp())
@@ -715,14 +724,29 @@ class WebhookDispatcher:
     async def _post(
         self, url: str, body: bytes, headers: dict[str, str], started: float
     ) -> _Attempt:
-        assert self._client is not None
         limit = self._config.response_limit
-        async with self._client.stream("POST", url, content=body, headers=headers) as response:
-            received = bytearray()
-            async for chunk in response.aiter_bytes():
-                received += chunk
-                if len(received) >= limit:
-                    break
+        received = bytearray()
+        if self._transport is not None:
+            headers["user-agent"] = self._config.user_agent
+            request = httpx.Request("POST", url, content=body, headers=headers)
+            request.extensions["timeout"] = self._timeouts
+            response = await self._transport.handle_async_request(request)
+            stream = response.stream
+            assert isinstance(stream, httpx.AsyncByteStream)
+            try:
+                async for chunk in stream:
+                    received += chunk
+                    if len(received) >= limit:
+                        break
+            finally:
+                await stream.aclose()
+        else:
+            assert self._client is not None
+            async with self._client.stream("POST", url, content=body, headers=headers) as response:
+                async for chunk in response.aiter_bytes():
+                    received += chunk
+                    if len(received) >= limit:
+                        break
         latency = round((time.perf_counter() - started) * 1000)
         content = bytes(received[:limit])
         return _Attempt(

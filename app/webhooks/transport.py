@@ -53,6 +53,25 @@ def refusal_of(exc: BaseException) -> ForbiddenAddressError | None:
     return None
 
 
+def build_http_transport(
+    *,
+    max_connections: int,
+    allow_private: bool,
+    trusted_hosts: Collection[str] = (),
+    resolver: Resolver | None = None,
+    check: Callable[[str, Iterable[IPAddress]], list[IPAddress]] | None = None,
+) -> Http11Transport:
+    """The pooled keep-alive transport with the SSRF guard (unless ``allow_private``)."""
+    return Http11Transport(
+        max_connections=max_connections,
+        keepalive_expiry=KEEPALIVE_EXPIRY_S,
+        guard=not allow_private,
+        resolver=resolver or system_resolver,
+        check=check or check_resolved,
+        trusted_hosts=trusted_hosts,
+    )
+
+
 def build_http_client(
     *,
     timeout: float,
@@ -64,13 +83,12 @@ def build_http_client(
     user_agent: str = "callctl-webhooks",
 ) -> httpx.AsyncClient:
     """The dispatcher's pooled client: keep-alive, bounded connections, no redirects."""
-    transport = Http11Transport(
+    transport = build_http_transport(
         max_connections=max_connections,
-        keepalive_expiry=KEEPALIVE_EXPIRY_S,
-        guard=not allow_private,
-        resolver=resolver or system_resolver,
-        check=check or check_resolved,
+        allow_private=allow_private,
         trusted_hosts=trusted_hosts,
+        resolver=resolver,
+        check=check,
     )
     return httpx.AsyncClient(
         transport=transport,
