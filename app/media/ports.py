@@ -17,6 +17,13 @@ from app.media.errors import MediaError
 # Bind failures that mean "this port is not for us, try the next one"; anything else
 # (EADDRNOTAVAIL: the host is not a local address, ...) fails the whole acquisition.
 _SKIP_ERRNOS: Final = frozenset({errno.EADDRINUSE, errno.EACCES})
+# Bind failures that mean "this process is out of sockets right now" (the descriptor
+# limit, kernel buffers): a transient overload, answered 503 like an exhausted range.
+_EXHAUSTED_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def _status_of(exc: OSError) -> int:
+    return 503 if exc.errno in _EXHAUSTED_ERRNOS else 500
 
 
 def _check_range(low: int, high: int) -> None:
@@ -174,7 +181,8 @@ class PortPool:
                 if exc.errno in _SKIP_ERRNOS:
                     continue
                 raise MediaError(
-                    f"cannot bind RTP port {host}:{port}: {exc.strerror or exc}", status_hint=500
+                    f"cannot bind RTP port {host}:{port}: {exc.strerror or exc}",
+                    status_hint=_status_of(exc),
                 ) from exc
             try:
                 rtcp = await self._bind(loop, host, port + 1)
@@ -185,7 +193,7 @@ class PortPool:
                     continue
                 raise MediaError(
                     f"cannot bind RTCP port {host}:{port + 1}: {exc.strerror or exc}",
-                    status_hint=500,
+                    status_hint=_status_of(exc),
                 ) from exc
             return RtpPorts(pool=self, host=host, rtp_port=port, rtp=rtp, rtcp=rtcp)
         raise MediaError(f"no free RTP port in {self._low}-{self._high} on {host}", status_hint=503)

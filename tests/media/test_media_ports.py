@@ -132,3 +132,26 @@ async def test_concurrent_acquires_get_distinct_pairs(pool: PortPool) -> None:
     assert pool.in_use == 5
     await asyncio.gather(*(ports.wait_closed() for ports in got))
     assert pool.in_use == 0
+
+
+async def test_out_of_descriptors_is_a_503_not_a_500(pool: PortPool) -> None:
+    # A real EMFILE: the soft descriptor limit lowered to the lowest free descriptor
+    # number, so the next socket() of this process fails. Restored at once after.
+    import os
+    import resource
+
+    open_fds = {int(name) for name in os.listdir("/proc/self/fd")}
+    lowest_free = next(n for n in range(len(open_fds) + 1) if n not in open_fds)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))
+    try:
+        with pytest.raises(MediaError) as caught:
+            await pool.acquire(LOOPBACK)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert isinstance(caught.value.__cause__, OSError)
+    assert caught.value.__cause__.errno == errno.EMFILE
+    assert caught.value.status_hint == 503
+    assert pool.in_use == 0
+    ports = await pool.acquire(LOOPBACK)  # and it works again once descriptors are there
+    ports.close()
