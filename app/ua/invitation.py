@@ -255,7 +255,11 @@ class Invitation(Session):
     def _media_failed(self, exc: MediaError) -> None:
         status = exc.status_hint if 300 <= exc.status_hint <= 699 else 488
         end = SessionEnd(EndCause.FAILED, EndBy.SYSTEM, sip_code=status, reason=exc.cause)
-        headers = (("Accept", "application/sdp"),) if status == 415 else ()
+        headers: tuple[tuple[str, str], ...] = ()
+        if status == 415:
+            headers = (("Accept", "application/sdp"),)
+        elif status == 503:
+            headers = (("Retry-After", "1"),)  # out of ports or sockets: transient (§21.5.4)
         self._reject_with(status, end, headers=headers)
 
     def _reject_with(

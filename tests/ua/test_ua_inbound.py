@@ -319,3 +319,27 @@ async def test_offerless_invite_early_offer_in_reliable_183(factory: TrackingFac
     await raw.link.settle()
     assert invitation.state is S.ESTABLISHED
     assert invitation.sdh.negotiated.remote_port == 42020  # type: ignore[union-attr]
+
+
+async def test_no_free_rtp_port_gets_503_with_retry_after() -> None:
+    from app.media import PortPool, RtpSdhFactory
+    from tests.media.conftest import LOOPBACK
+    from tests.ua.conftest import free_port_range
+
+    low, _high = free_port_range(2)
+    pool = PortPool(low, low + 1)  # one RTP/RTCP pair
+    held = await pool.acquire(LOOPBACK)  # ... and it is taken
+    try:
+        raw_a = make_raw_a(TrackingFactory(RtpSdhFactory(LOOPBACK, LOOPBACK, pool)))
+        raw_a.uac.send_invite(sdp(42014))
+        await raw_a.link.settle()
+        invitation = raw_a.callee.last
+        await invitation.accept()
+        await raw_a.link.settle()
+        sent = [w.message for w in raw_a.link.sent("b") if isinstance(w.message, Response)]
+        final = sent[-1]
+        assert final.status == 503
+        assert final.headers.get("Retry-After") == "1"
+        assert invitation.end is not None and invitation.end.sip_code == 503
+    finally:
+        held.close()
