@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
+import ipaddress
+import socket
 from typing import Final
 
 from app.media.errors import MediaError
@@ -24,6 +27,16 @@ _EXHAUSTED_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS,
 
 def _status_of(exc: OSError) -> int:
     return 503 if exc.errno in _EXHAUSTED_ERRNOS else 500
+
+
+@functools.lru_cache(maxsize=32)
+def _family_of(host: str) -> socket.AddressFamily | None:
+    """AF_INET/AF_INET6 for an address literal, None for a host name."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return socket.AF_INET6 if address.version == 6 else socket.AF_INET
 
 
 def _check_range(low: int, high: int) -> None:
@@ -202,7 +215,21 @@ class PortPool:
     async def _bind(
         loop: asyncio.AbstractEventLoop, host: str, port: int
     ) -> tuple[asyncio.DatagramTransport, _Sink]:
-        transport, sink = await loop.create_datagram_endpoint(_Sink, local_addr=(host, port))
+        family = _family_of(host)
+        if family is None:  # a name: let the loop resolve it
+            transport, sink = await loop.create_datagram_endpoint(_Sink, local_addr=(host, port))
+            return transport, sink
+        # An address literal (the usual case): bind the socket here and hand it over, which
+        # skips the loop's address resolution (a thread round trip per socket otherwise;
+        # measured at ~7% of the CPU of an inbound call).
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.bind((host, port))
+        except BaseException:
+            sock.close()
+            raise
+        transport, sink = await loop.create_datagram_endpoint(_Sink, sock=sock)
         return transport, sink
 
     def _release(self, port: int) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import ipaddress
-import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -46,6 +45,7 @@ from app.media.sdp import (
     parse_sdp,
     rejected_description,
 )
+from app.sip.ids import random_below
 
 DEFAULT_CODECS: Final = ("PCMU", "PCMA")
 DEFAULT_TELEPHONE_EVENT_PAYLOAD_TYPE: Final = 101
@@ -151,7 +151,7 @@ class RtpSessionDescriptionHandler:
         self._state = SdhState.STABLE
         # RFC 4566 §5.2: a numeric session id, unique enough; the version starts at 1 and
         # goes up by one whenever the SDP we send differs from the previous one (RFC 3264 §8).
-        self._session_id = secrets.randbelow(2**31 - 1) + 1  # fits any 32-bit parser
+        self._session_id = random_below(2**31 - 1) + 1  # fits any 32-bit parser
         self._version = 1
         self._last_sent: str | None = None
         # The session's m= lines as last agreed (RFC 3264 §8: later offers keep them all).

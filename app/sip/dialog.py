@@ -8,13 +8,13 @@ the request and the response that establish it, keeps it up to date with
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 
 from app.sip.errors import LocalProtocolError, RemoteProtocolError
 from app.sip.headers import CSeq, NameAddr
+from app.sip.ids import random_below
 from app.sip.message import Headers, Request, Response
 from app.sip.uri import SipUri, Uri
 
@@ -317,7 +317,7 @@ class Dialog:
         """Take the next local CSeq number (RFC 3261 §12.2.1.1)."""
         if self.local_seq is None:
             # §12.2.1.1 / §8.1.1.5: an empty local sequence starts at a random value.
-            self.local_seq = 1 + secrets.randbelow(_CSEQ_LIMIT // 2)
+            self.local_seq = 1 + random_below(_CSEQ_LIMIT // 2)
         else:
             self.local_seq += 1
         return self.local_seq

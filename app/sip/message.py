@@ -14,7 +14,6 @@ change a header, assign the view (``req.to = na``, ``req.top_via = via``) or use
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -32,6 +31,7 @@ from app.sip.headers import (
     parse_via,
     split_header_list,
 )
+from app.sip.ids import random_hex
 from app.sip.reasons import reason_phrase
 from app.sip.uri import Uri, parse_uri
 
@@ -504,7 +504,7 @@ Message = Request | Response
 
 def new_tag() -> str:
     """A fresh random tag (RFC 3261 §19.3: at least 32 bits of randomness)."""
-    return secrets.token_hex(8)
+    return random_hex(8)
 
 
 def make_response(

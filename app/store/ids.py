@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import secrets
+import base64
+
+from app.sip.ids import random_bytes
 
 CALL_ID_PREFIX = "call_"
 EVENT_ID_PREFIX = "evt_"
@@ -11,8 +13,13 @@ _RANDOM_BYTES = 16
 
 
 def new_call_id() -> str:
-    return CALL_ID_PREFIX + secrets.token_urlsafe(_RANDOM_BYTES)
+    return CALL_ID_PREFIX + _urlsafe(random_bytes(_RANDOM_BYTES))
 
 
 def new_event_id() -> str:
-    return EVENT_ID_PREFIX + secrets.token_urlsafe(_RANDOM_BYTES)
+    return EVENT_ID_PREFIX + _urlsafe(random_bytes(_RANDOM_BYTES))
+
+
+def _urlsafe(raw: bytes) -> str:
+    # What secrets.token_urlsafe returns: base64url without the padding.
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -22,7 +21,7 @@ from app.media import Body, MediaError
 from app.sip.dialog import Dialog
 from app.sip.errors import SipError
 from app.sip.events import RequestReceived
-from app.sip.ids import new_tag
+from app.sip.ids import new_tag, random_below
 from app.sip.message import Request, Response, make_response
 from app.ua.errors import StateTransitionError
 from app.ua.sdh import SessionDescriptionHandler
@@ -94,7 +93,7 @@ class Invitation(Session):
         self._answer_body: Body | None = None
         self._final_sent = False
         self._accepting = False
-        self._rseq = secrets.randbelow(_RSEQ_LIMIT) + 1
+        self._rseq = random_below(_RSEQ_LIMIT) + 1
         self._reliable: _Reliable | None = None
         self._prack_done = asyncio.Event()
         self._prack_done.set()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -27,6 +26,7 @@ from app.sip.endpoint import Addr
 from app.sip.errors import LocalProtocolError, SipError
 from app.sip.events import AckReceived, RequestReceived, ResponseReceived
 from app.sip.headers import NameAddr
+from app.sip.ids import random_hex
 from app.sip.message import Message, Request, Response, make_response
 from app.sip.reasons import reason_phrase
 from app.sip.transactions.keys import ClientTransactionId, ServerTransactionId
@@ -883,7 +883,7 @@ class Session:
 
 def new_session_id() -> str:
     """An opaque, URL-safe session id."""
-    return "ses_" + secrets.token_urlsafe(12)
+    return "ses_" + random_hex(9)
 
 
 def reason_or_phrase(status: int, reason: str | None) -> str:
