@@ -12,7 +12,8 @@ from app.errors import ServiceUnavailableError
 from app.store.db import Database
 
 
-def get_database(request: Request) -> Database:
+# async: a plain ``def`` dependency would run in a worker thread (a thread hop per request).
+async def get_database(request: Request) -> Database:
     database: Database | None = getattr(request.app.state, "database", None)
     if database is None:
         raise ServiceUnavailableError("the database is not open (service starting or stopping)")

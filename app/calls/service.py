@@ -63,6 +63,8 @@ CallResource = dict[str, Any]
 
 # Request body bytes kept for GET (an inbound INVITE's SDP); more is cut, not refused.
 MAX_STORED_BODY = 64 * 1024
+# Flushes a dial tries for the committed call before it reads the row back (_dialed).
+DIAL_FLUSHES = 3
 
 
 class InviterFactory(Protocol):
@@ -185,6 +187,9 @@ class LiveCall:
         self.session: Session | None = None
         self.initiated = False
         self._early_media: SessionView | None = None
+        # A dialed call's row, not yet written: it is inserted with call.initiated, in
+        # the group commit after the INVITE left (see CallService._place).
+        self.pending_row: Call | None = None
 
     def bind(self, session: Session) -> None:
         self.session = session
@@ -193,8 +198,11 @@ class LiveCall:
     def emit(
         self, view: SessionView, event: str | None, data: dict[str, Any] | None = None
     ) -> None:
-        if event is not None and event != EventType.INITIATED and not self.initiated:
-            # Every call's first event is call.initiated, also when the INVITE never left.
+        if not self.initiated and (
+            self.pending_row is not None or (event is not None and event != EventType.INITIATED)
+        ):
+            # Every call's first event is call.initiated, also when the INVITE never left
+            # (and a row still to insert comes before any change to it).
             self.emit_initiated(view)
         if event is not None and event != EventType.PROGRESS:
             self.flush_early_media()
@@ -228,6 +236,12 @@ class LiveCall:
             early_media=view.early_media,
             dialog=view.dialog,
         )
+        row, self.pending_row = self.pending_row, None
+        if row is not None:
+            apply_view(row, shown)
+            row.updated_at = shown.at
+            self.writer.submit(Insert(row=row, event=EventType.INITIATED.value))
+            return
         self.writer.submit(Change(view=shown, event=EventType.INITIATED.value))
 
 
@@ -511,13 +525,22 @@ class CallService(UserAgentDelegate):
             issue = {"loc": ["body", "to"], "msg": str(exc), "type": "value_error"}
             raise InvalidRequestError(f"body: {exc}", errors=[issue]) from None
         row = self._outbound_row(call_id, inviter, command)
-        try:
-            await self._insert(row, idempotency)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await inviter.dispose()
-            raise
-        live = self._new_live(call_id, Direction.OUTBOUND)
+        if idempotency is not None:
+            # The key is claimed with the row before anything is sent: a key that another
+            # process took refuses the dial with no INVITE on the wire.
+            try:
+                await self._insert(row, idempotency)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await inviter.dispose()
+                raise
+            live = self._new_live(call_id, Direction.OUTBOUND)
+        else:
+            # The INVITE goes first; the row follows with its call.initiated in the writer's
+            # next group commit, which the 201 waits for (one transaction for many dials,
+            # not one per dial before its INVITE could leave).
+            live = self._new_live(call_id, Direction.OUTBOUND)
+            live.pending_row = row
         live.bind(inviter)
         try:
             await inviter.invite()  # a failure it knows (DNS, media) ends the session itself
@@ -526,7 +549,41 @@ class CallService(UserAgentDelegate):
             self._fail(live, f"INVITE not sent: {exc}")
             with contextlib.suppress(Exception):
                 await inviter.dispose()
-        return await self._flushed(live, call_id)
+        if idempotency is not None:
+            return await self._flushed(live, call_id)
+        return await self._dialed(live, inviter, call_id)
+
+    async def _dialed(self, live: LiveCall, inviter: Inviter, call_id: str) -> CallResource:
+        """The dialed call once its row, written after the INVITE, is committed.
+
+        The writer forgets the call it showed a flush when a new change of the call is
+        queued before the flusher runs again, which the far end's first answers often
+        are: then one more flush (no database read) shows the call as committed after
+        them, as reading it back would. When the database did not take a change of this
+        call (the writer gave up), the row is read back; a call without one cannot be
+        followed, so it is ended (CANCEL) and the dial fails: 503 when the row is
+        missing, the database's error when it cannot be read.
+        """
+        writer = live.writer
+        try:
+            for _ in range(DIAL_FLUSHES):
+                await writer.flush()
+                shown = writer.committed_call()
+                if writer.dropped:
+                    break
+                if shown is not None:
+                    return shown
+                if writer.finished:
+                    break
+            return await self.get(call_id)
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                await inviter.dispose()
+            if isinstance(exc, CallNotFoundError):
+                raise ServiceUnavailableError(
+                    "the database did not take the call: it was ended"
+                ) from None
+            raise
 
     def _new_inviter(self, ua: UserAgent, call_id: str, command: commands.Dial) -> Inviter:
         credentials = (

@@ -36,7 +36,6 @@ from app.media.sdp import (
     MediaLine,
     ParsedSdp,
     audio_description,
-    build_sdp,
     codec_events,
     events_fmtp,
     is_audio_codec,
@@ -44,6 +43,8 @@ from app.media.sdp import (
     make_codec,
     parse_sdp,
     rejected_description,
+    sdp_media,
+    sdp_session,
 )
 from app.sip.ids import random_below
 
@@ -283,21 +284,19 @@ class RtpSessionDescriptionHandler:
         return self._ports.rtp_port
 
     def _emit(self, media: Sequence[MediaDescription]) -> Body:
-        """Write our SDP; the o= version goes up only when the content changed (RFC 3264 §8)."""
+        """Write our SDP; the o= version goes up only when the content changed (RFC 3264 §8).
 
-        def render(version: int) -> str:
-            return build_sdp(
-                session_id=self._session_id,
-                version=version,
-                address=self._public_address,
-                media=media,
-            )
-
-        content = render(0)
+        The media sections are rendered once: besides them, only the version changes
+        (the session id and the address are the handler's own).
+        """
+        content = sdp_media(media)
         if self._last_sent is not None and content != self._last_sent:
             self._version += 1
         self._last_sent = content
-        return Body(SDP_CONTENT_TYPE, render(self._version))
+        head = sdp_session(
+            session_id=self._session_id, version=self._version, address=self._public_address
+        )
+        return Body(SDP_CONTENT_TYPE, head + content)
 
     def _accept(
         self, offered: Sequence[RTCRtpCodecParameters], names: Sequence[str], events: bool

@@ -437,12 +437,22 @@ def build_sdp(
     media: Sequence[MediaDescription],
 ) -> str:
     """The whole body: o=, s=-, c= with ``address`` at session level, t=0 0, then ``media``."""
+    return sdp_session(session_id=session_id, version=version, address=address) + sdp_media(media)
+
+
+def sdp_session(*, session_id: int, version: int, address: str) -> str:
+    """The session-level lines of :func:`build_sdp` (the only ones holding the version)."""
     session = SessionDescription()
     # RFC 4566 §5.2: "-" as user name; RFC 3264 §5: s= is a single dash for unicast.
     session.origin = f"- {session_id} {version} {connection(address)}"
     session.name = "-"
     session.host = address
-    text = str(session)
+    return str(session)
+
+
+def sdp_media(media: Sequence[MediaDescription]) -> str:
+    """The media sections of :func:`build_sdp`, each audio stream with its a=ptime."""
+    text = ""
     for description in media:
         text += str(description)
         if description.kind == AUDIO and description.port != 0:
