@@ -301,13 +301,17 @@ class CallWriter:
     def finished(self) -> bool:
         return self._done is not None and self._done.done()
 
-    async def flush(self) -> None:
-        """Return once every change queued so far is committed (or dropped)."""
+    async def flush(self) -> dict[str, Any] | None:
+        """Return once every change queued so far is committed (or dropped): the call as
+        committed at that point (None: not known, read the database), also when changes
+        queued since then already made :meth:`committed_call` forget it."""
         if self._group is None or self.finished:
-            return
+            return None
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._group.put(self, _Barrier(done=done))
+        barrier = _Barrier(done=done)
+        self._group.put(self, barrier)
         await asyncio.shield(done)
+        return barrier.shown
 
     def committed_call(self) -> dict[str, Any] | None:
         """The call object as committed when the last :meth:`flush` returned.
@@ -420,6 +424,7 @@ class GroupWriter:
                 for writer, job in batch:
                     writer._forget()
                     if isinstance(job, _Barrier) and not job.done.done():
+                        job.shown = None
                         job.done.set_result(None)
                     elif isinstance(job, Change) and job.view.end is not None:
                         writer._finish()
@@ -448,10 +453,9 @@ class GroupWriter:
                     # after changes, the barrier's own view (None after a failure: the
                     # flusher reads the database).
                     row = writer._row
-                    if jobs:
-                        writer._shown = job.shown
-                    else:
-                        writer._shown = call_resource(row) if row is not None else None
+                    if not jobs:
+                        job.shown = call_resource(row) if row is not None else None
+                    writer._shown = job.shown
                     job.done.set_result(None)
                     flushed = True
             elif isinstance(job, Change) and job.view.end is not None:
@@ -491,6 +495,9 @@ class GroupWriter:
             log.warning("call writer: transaction of %d change(s) failed: %s", len(jobs), exc)
             for writer, _job in jobs:
                 writer._forget()
+            for barriers in marks.values():  # their views were of rows not committed
+                for _writer, barrier in barriers:
+                    barrier.shown = None
             return None
         self.transactions += 1
         for writer, job in batch.written:
