@@ -3,22 +3,13 @@
 Thin: validate the body (app.api.action_schemas), hand it to the CallService, return the
 call as it is once the action was handed to the user agent. The 409 rules live in the
 service (app.calls.rules).
-
-``POST /v1/calls`` is the hot request of an outbound call: its route (:class:`DialRoute`)
-handles a plain request (a JSON body that validates, at most one well-formed
-Idempotency-Key) without FastAPI's per-request dependency solving, with the same checks in
-the same order; anything else goes the generic way, which answers as always.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Coroutine
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Request, Response
-from fastapi.routing import APIRoute
-from pydantic import ValidationError
 
 from app.api.action_schemas import (
     MAX_IDEMPOTENCY_KEY,
@@ -30,7 +21,7 @@ from app.api.action_schemas import (
     RejectRequest,
     check_idempotency_key,
 )
-from app.api.auth import bearer_scheme, require_api_key
+from app.api.auth import require_api_key
 from app.api.calls import CallIdPath
 from app.api.responses import INVALID, NOT_FOUND, UNAUTHORIZED, ResponseSpec
 from app.api.schemas import Call, Problem
@@ -136,65 +127,8 @@ async def _dial(
     return _call_response(result.call, 201 if result.created else 200)
 
 
-async def _plain_dial(request: Request) -> Response | None:
-    """``POST /v1/calls`` when nothing in it needs FastAPI's handling; None: let it decide.
-
-    Declines (None) before anything has an effect: another content type, an
-    Idempotency-Key repeated or out of its length bounds, a body that is not JSON or does
-    not validate, dependency overrides (tests). Then the checks run in FastAPI's order:
-    the API key (401), the call service (503), the endpoint's own checks.
-    """
-    headers = request.headers
-    if request.app.dependency_overrides or headers.get("content-type") != "application/json":
-        return None
-    keys = headers.getlist("idempotency-key")
-    if len(keys) > 1 or (keys and not 1 <= len(keys[0]) <= MAX_IDEMPOTENCY_KEY):
-        return None
-    try:
-        # As FastAPI does: the JSON decoded by the json module, then validated (python mode).
-        body = DialRequest.model_validate(json.loads(await request.body()))
-    except (ValueError, ValidationError):  # JSONDecodeError and UnicodeDecodeError included
-        return None
-    await require_api_key(request, await bearer_scheme(request))
-    service = await get_call_service(request)
-    return await _dial(request, service, body, keys[0] if keys else None)
-
-
-_Endpoint = TypeVar("_Endpoint", bound=Callable[..., Any])
-
-
-class DialRoute(APIRoute):
-    """The route of ``POST /v1/calls``: :func:`_plain_dial` first, else FastAPI's handler.
-
-    Measured at 280 calls/s: FastAPI's body reading, dependency solving and response
-    validation were ~4% of the service's CPU per outbound call (py-spy); the OpenAPI
-    description is the generic route's, unchanged.
-    """
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        generic = super().get_route_handler()
-
-        async def handle(request: Request) -> Response:
-            response = await _plain_dial(request)
-            return response if response is not None else await generic(request)
-
-        return handle
-
-
-def _post_dial(**options: Any) -> Callable[[_Endpoint], _Endpoint]:
-    """``@router.post("/calls", **options)`` with :class:`DialRoute` as the route class
-    (only ``add_api_route`` takes one)."""
-
-    def register(endpoint: _Endpoint) -> _Endpoint:
-        router.add_api_route(
-            "/calls", endpoint, methods=["POST"], route_class_override=DialRoute, **options
-        )
-        return endpoint
-
-    return register
-
-
-@_post_dial(
+@router.post(
+    "/calls",
     operation_id="createCall",
     summary="Dial: place an outbound call",
     description=(
