@@ -384,6 +384,7 @@ class Service:
                     "--rate",
                     "200",
                     "--nonblocking",
+                    "--gil",
                     "-o",
                     str(self.profile),
                     "--",

@@ -725,28 +725,27 @@ class WebhookDispatcher:
         self, url: str, body: bytes, headers: dict[str, str], started: float
     ) -> _Attempt:
         limit = self._config.response_limit
-        received = bytearray()
         if self._transport is not None:
             headers["user-agent"] = self._config.user_agent
-            request = httpx.Request("POST", url, content=body, headers=headers)
-            request.extensions["timeout"] = self._timeouts
-            response = await self._transport.handle_async_request(request)
-            stream = response.stream
-            assert isinstance(stream, httpx.AsyncByteStream)
-            try:
-                async for chunk in stream:
-                    received += chunk
-                    if len(received) >= limit:
-                        break
-            finally:
-                await stream.aclose()
-        else:
-            assert self._client is not None
-            async with self._client.stream("POST", url, content=body, headers=headers) as response:
-                async for chunk in response.aiter_bytes():
-                    received += chunk
-                    if len(received) >= limit:
-                        break
+            raw = await self._transport.post(
+                url, body, headers, timeouts=self._timeouts, limit=limit
+            )
+            return _Attempt(
+                url=url,
+                verdict=judge(raw.status_code),
+                status_code=raw.status_code,
+                latency_ms=round((time.perf_counter() - started) * 1000),
+                excerpt=excerpt(raw.body),
+                headers=raw.headers,
+                body=raw.body,
+            )
+        assert self._client is not None
+        received = bytearray()
+        async with self._client.stream("POST", url, content=body, headers=headers) as response:
+            async for chunk in response.aiter_bytes():
+                received += chunk
+                if len(received) >= limit:
+                    break
         latency = round((time.perf_counter() - started) * 1000)
         content = bytes(received[:limit])
         return _Attempt(

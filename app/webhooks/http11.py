@@ -38,12 +38,13 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import socket
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
 from contextlib import suppress
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import httptools
 import httpx
@@ -69,6 +70,18 @@ _READ_LOW_WATER = 64 * 1024
 _CLOSE_WAIT_S = 1.0
 # Statuses whose responses never have a body (RFC 9112 §6.3 item 1).
 _NO_BODY_STATUSES = frozenset({204, 304})
+# How many parsed URLs post() keeps (a cache: cleared whole when full).
+_MAX_TARGETS = 1024
+_CRLF = re.compile("[\r\n]")
+_CRLF_BYTES = re.compile(b"[\r\n]")
+
+
+class RawResponse(NamedTuple):
+    """A response read by :meth:`Http11Transport.post`: lowercased header names."""
+
+    status_code: int
+    headers: dict[str, str]
+    body: bytes
 
 
 class RefusedConnectError(httpx.ConnectError):
@@ -588,6 +601,8 @@ class Http11Transport(httpx.AsyncBaseTransport):
         self._resolver = resolver
         self._check = check
         self._trusted = frozenset(host.lower() for host in trusted_hosts)
+        # URL -> (origin, start of a POST's head): webhook URLs repeat (see post()).
+        self._targets: dict[str, tuple[Origin, bytes]] = {}
         self._pool = _Pool(
             max_connections=max_connections,
             keepalive_expiry=keepalive_expiry,
@@ -634,6 +649,88 @@ class Http11Transport(httpx.AsyncBaseTransport):
                 "reason_phrase": conn.reason,
             },
         )
+
+    async def post(
+        self,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        timeouts: Mapping[str, float | None],
+        limit: int,
+    ) -> RawResponse:
+        """POST ``body`` to ``url``; the response with at most ``limit`` bytes of its body.
+
+        The webhook dispatcher's path: the same wire work as :meth:`handle_async_request`
+        without building httpx request and response objects per call (a URL is parsed
+        once, then kept). Header names are lowercased; Host and Content-Length are set
+        here. Errors are the same httpx exceptions.
+        """
+        target = self._targets.get(url)
+        if target is None:
+            target = self._target_of(url)
+        origin, head_start = target
+        parts = [head_start, b"content-length: ", str(len(body)).encode("ascii"), b"\r\n"]
+        reuse = True
+        for name, value in headers.items():
+            if _CRLF.search(name) or _CRLF.search(value):
+                raise httpx.LocalProtocolError("CR or LF inside a header")
+            name_bytes = name.lower().encode("ascii")
+            value_bytes = value.encode("utf-8")
+            if name_bytes == b"connection" and b"close" in value_bytes.lower():
+                reuse = False
+            parts += (name_bytes, b": ", value_bytes, b"\r\n")
+        parts += (b"\r\n", body)
+        read_timeout = timeouts.get("read")
+        conn = await self._pool.acquire(origin, timeouts.get("connect"), timeouts.get("pool"))
+        received = bytearray()
+        try:
+            conn.begin(b"".join(parts), head=False, reuse=reuse)
+            await conn.drain(timeouts.get("write"))
+            await conn.wait_head(read_timeout)
+            status = conn.status
+            response_headers: dict[str, str] = {}
+            for raw_name, raw_value in conn.headers:
+                name = raw_name.decode("latin-1").lower()
+                value = raw_value.decode("latin-1")
+                earlier = response_headers.get(name)
+                # Repeated fields join with commas (RFC 9110 §5.3), as httpx shows them.
+                response_headers[name] = value if earlier is None else f"{earlier}, {value}"
+            while len(received) < limit:
+                chunk = await conn.next_chunk(read_timeout)
+                if not chunk:
+                    break
+                received += chunk
+        except BaseException:
+            conn.active = False
+            conn.close()
+            raise
+        conn.pool.release(conn)
+        return RawResponse(status, response_headers, bytes(received[:limit]))
+
+    def _target_of(self, url: str) -> tuple[Origin, bytes]:
+        """The origin and the start of a POST's head (request line, Host) for ``url``."""
+        parsed = httpx.URL(url)
+        scheme = parsed.raw_scheme
+        if scheme == b"http":
+            default_port = 80
+        elif scheme == b"https":
+            default_port = 443
+        else:
+            raise httpx.UnsupportedProtocol(f"unsupported URL scheme {parsed.scheme!r}")
+        host = parsed.raw_host.decode("ascii")
+        if not host:
+            raise httpx.UnsupportedProtocol("the URL has no host")
+        netloc = parsed.netloc
+        path = parsed.raw_path
+        if _CRLF_BYTES.search(netloc) or _CRLF_BYTES.search(path):
+            raise httpx.LocalProtocolError("CR or LF inside the URL")
+        origin: Origin = (scheme, host, parsed.port or default_port)
+        head_start = b"POST %b HTTP/1.1\r\nhost: %b\r\n" % (path, netloc)
+        if len(self._targets) >= _MAX_TARGETS:
+            self._targets.clear()
+        self._targets[url] = (origin, head_start)
+        return origin, head_start
 
     async def aclose(self) -> None:
         await self._pool.aclose()

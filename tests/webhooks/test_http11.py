@@ -822,3 +822,88 @@ async def test_https_refuses_an_untrusted_or_mismatched_certificate(
                 await post(http, server.url(host="other.example.test"))
         assert isinstance(caught.value.__cause__, ssl.SSLCertVerificationError)
         assert "other.example.test" in str(caught.value)
+
+
+# -- post(): the dispatcher's path without httpx request and response objects ---------------
+
+TIMEOUTS: dict[str, float | None] = {
+    "connect": WAIT_S,
+    "read": WAIT_S,
+    "write": WAIT_S,
+    "pool": WAIT_S,
+}
+
+
+async def test_post_writes_the_same_head_and_reuses_the_connection() -> None:
+    heads: list[bytes] = []
+    async with RawServer(keep_alive(heads=heads)) as server:
+        transport = Http11Transport()
+        try:
+            for n in range(3):
+                raw = await transport.post(
+                    server.url("/hook?a=1"),
+                    b'{"n":%d}' % n,
+                    {"Content-Type": "application/json", "webhook-id": f"msg_{n}"},
+                    timeouts=TIMEOUTS,
+                    limit=1024,
+                )
+                assert (raw.status_code, raw.body) == (200, b"ok")
+                assert raw.headers == {"content-length": "2"}
+        finally:
+            await transport.aclose()
+        assert server.connections == 1
+        first = heads[0]
+        assert first.startswith(b"POST /hook?a=1 HTTP/1.1\r\nhost: 127.0.0.1:%d\r\n" % server.port)
+        assert b"\r\ncontent-length: 7\r\n" in first
+        assert b"\r\ncontent-type: application/json\r\nwebhook-id: msg_0\r\n" in first
+        assert heads[2].endswith(b'\r\n\r\n{"n":2}')
+
+
+async def test_post_keeps_at_most_limit_bytes_and_drops_a_connection_cut_short() -> None:
+    big = b"x" * 5000
+    async with RawServer(keep_alive(response(big, extra=b"Set: a\r\nset: b\r\n"))) as server:
+        transport = Http11Transport()
+        try:
+            raw = await transport.post(server.url(), b"{}", {}, timeouts=TIMEOUTS, limit=10)
+            assert raw.body == b"x" * 10
+            # Repeated fields are joined, as httpx shows them.
+            assert raw.headers["set"] == "a, b"
+            raw = await transport.post(server.url(), b"{}", {}, timeouts=TIMEOUTS, limit=10_000)
+            assert raw.body == big
+        finally:
+            await transport.aclose()
+
+
+async def test_post_refuses_header_injection_and_bad_urls_before_connecting() -> None:
+    async with RawServer(keep_alive()) as server:
+        transport = Http11Transport()
+        try:
+            with pytest.raises(httpx.LocalProtocolError):
+                await transport.post(
+                    server.url(), b"x", {"x": "a\r\nEvil: 1"}, timeouts=TIMEOUTS, limit=10
+                )
+            with pytest.raises(httpx.UnsupportedProtocol):
+                await transport.post(
+                    f"ftp://127.0.0.1:{server.port}/", b"x", {}, timeouts=TIMEOUTS, limit=10
+                )
+        finally:
+            await transport.aclose()
+        assert server.connections == 0
+
+
+async def test_post_read_timeout_closes_the_connection() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _i: int) -> None:
+        await read_request(reader)
+        await reader.read()  # never answers; returns when the client closes
+
+    async with RawServer(silent) as server:
+        transport = Http11Transport()
+        try:
+            with pytest.raises(httpx.ReadTimeout):
+                await transport.post(
+                    server.url(), b"x", {}, timeouts={**TIMEOUTS, "read": SHORT_S}, limit=10
+                )
+            await asyncio.wait_for(server.ended[0].wait(), WAIT_S)
+            assert transport.pool.open_connections == 0
+        finally:
+            await transport.aclose()
