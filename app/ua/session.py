@@ -223,6 +223,8 @@ class Session:
         self._timers: dict[str, Cancellable] = {}
         self._snapshot: DialogSnapshot | None = None
         self._client_txs: dict[ClientTransactionId, str] = {}
+        # Server transactions the user agent routes to this session (forgotten with it).
+        self._server_txs: list[ServerTransactionId] = []
         self._pending_2xx: dict[int, _Pending2xx] = {}
         self._bye_tx: ClientTransactionId | None = None
         self._bye_end: SessionEnd | None = None

