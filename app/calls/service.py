@@ -804,9 +804,15 @@ class CallService(UserAgentDelegate):
         return await self._flushed(live, call_id)
 
     async def _flushed(self, live: LiveCall, call_id: str) -> CallResource:
-        """The call once its queued changes are committed (from the writer: no read back)."""
-        await live.writer.flush()
-        shown = live.writer.committed_call()
+        """The call once its queued changes are committed (from the writer: no read back).
+
+        The view of the flush itself: by the time this task runs again the far end may have
+        moved the call on (an ACK right after the 2xx), which only makes the writer forget
+        its latest view; reading the row back then cost a database session per answer.
+        """
+        shown = await live.writer.flush()
+        if shown is None:
+            shown = live.writer.committed_call()
         return shown if shown is not None else await self.get(call_id)
 
     async def _act_without_session(self, call_id: str, action: Action) -> CallResource:
