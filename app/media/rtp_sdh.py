@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -522,13 +523,18 @@ class RtpSessionDescriptionHandler:
         return body
 
 
-def _check_options(public_address: str, codecs: Sequence[str], events_pt: int) -> None:
+@functools.lru_cache(maxsize=64)
+def _is_ip(text: str) -> bool:
     try:
-        ipaddress.ip_address(public_address)
+        ipaddress.ip_address(text)
     except ValueError:
-        raise ValueError(
-            f"public RTP address must be an IP address, got {public_address!r}"
-        ) from None
+        return False
+    return True
+
+
+def _check_options(public_address: str, codecs: Sequence[str], events_pt: int) -> None:
+    if not _is_ip(public_address):
+        raise ValueError(f"public RTP address must be an IP address, got {public_address!r}")
     unknown = [name for name in codecs if name.upper() not in AUDIO_CODECS]
     if not codecs or unknown:
         raise ValueError(f"codecs must be a non-empty subset of {sorted(AUDIO_CODECS)}")

@@ -10,6 +10,7 @@ Only the RTP/AVP audio sections are handed to aiortc, after a strict first pass.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -424,6 +425,7 @@ def rejected_description(line: MediaLine) -> MediaDescription:
     return description
 
 
+@functools.lru_cache(maxsize=256)
 def connection(address: str) -> str:
     """``IN IP4 192.0.2.1`` / ``IN IP6 2001:db8::1`` (RFC 4566 §5.7)."""
     return f"IN IP{ipaddress.ip_address(address).version} {address}"

@@ -12,6 +12,7 @@ unmatched CANCELs, 482 for merged requests, 500 for out-of-order in-dialog CSeqs
 
 from __future__ import annotations
 
+import functools
 import heapq
 import ipaddress
 import logging
@@ -143,6 +144,7 @@ class Outgoing:
     tx: TransactionId | None = None
 
 
+@functools.lru_cache(maxsize=1024)
 def _is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host.strip("[]"))
@@ -151,6 +153,7 @@ def _is_ip(host: str) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=1024)
 def _same_ip(a: str, b: str) -> bool:
     try:
         return ipaddress.ip_address(a.strip("[]")) == ipaddress.ip_address(b.strip("[]"))

@@ -9,6 +9,7 @@ port (5060 by default) give the address. No NAPTR/SRV lookups; names resolve to 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 
@@ -44,6 +45,8 @@ class Target:
     transport: str
 
 
+# Cached: every UDP send asks about the same few peers (ip_address() is ~2 us).
+@functools.lru_cache(maxsize=1024)
 def is_ip_literal(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
