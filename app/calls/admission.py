@@ -107,7 +107,7 @@ class OverloadLimits:
     max_calls: int = 0
     lag: float = 0.15  # seconds of smoothed event-loop lag
     write_backlog: int = 2000
-    webhook_backlog: int = 500
+    webhook_backlog: int = 2000
     dials: int = 100
 
     def __post_init__(self) -> None:
