@@ -41,7 +41,7 @@ from app.calls.rules import later_state
 from app.store.ids import new_event_id
 from app.store.models import Call, CallEvent, CallState, DeliveryState
 from app.store.resources import call_resource
-from app.store.types import utcnow
+from app.store.types import encode_json, utcnow
 from app.webhooks.outbox import OutboxItem, item_of
 
 log = logging.getLogger(__name__)
@@ -572,13 +572,14 @@ class GroupWriter:
     ) -> None:
         delivery = writer._webhook_state(row)
         writer._sequence = (writer._sequence or 0) + 1
+        payload = {"call": call_resource(row), **data}
         values = {
             "id": new_event_id(),
             "call_id": row.id,
             "sequence": writer._sequence,
             "type": event,
             # The call as it is at this change (the row may change again in the batch).
-            "payload": {"call": call_resource(row), **data},
+            "payload": encode_json(payload),
             "created_at": now,
             "delivery_state": delivery.value,
             "attempts": 0,
@@ -594,7 +595,7 @@ class GroupWriter:
             batch.notifiers.append(notifier)
             items = batch.items[id(notifier)] = []
         if delivery is DeliveryState.PENDING:
-            items.append(item_of(values, webhook_url=row.webhook_url))
+            items.append(item_of(values, webhook_url=row.webhook_url, data=payload))
 
 
 def _show(barriers: list[tuple[CallWriter, _Barrier]] | None) -> None:

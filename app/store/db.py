@@ -22,6 +22,8 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from app.store.types import json_serializer
+
 T = TypeVar("T")
 
 # How long to wait for PostgreSQL to accept a connection before reporting it unreachable.
@@ -60,7 +62,7 @@ def _sqlite_on_connect(dbapi_connection: DBAPIConnection, _record: ConnectionPoo
 def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     """An async engine for ``sqlite+aiosqlite`` or ``postgresql+asyncpg`` URLs."""
     backend = make_url(url).get_backend_name()
-    kwargs: dict[str, Any] = {"echo": echo}
+    kwargs: dict[str, Any] = {"echo": echo, "json_serializer": json_serializer}
     if backend == "sqlite":
         database = make_url(url).database
         if database and database != ":memory:" and not database.startswith("file:"):
@@ -111,7 +113,11 @@ def _sqlite_file_engine(url: str, *, echo: bool = False) -> Engine | None:
     if database.startswith("file:"):
         return None
     engine = create_sync_engine(
-        parsed.set(drivername="sqlite"), echo=echo, pool_size=1, max_overflow=0
+        parsed.set(drivername="sqlite"),
+        echo=echo,
+        pool_size=1,
+        max_overflow=0,
+        json_serializer=json_serializer,
     )
     event.listen(engine, "connect", _sqlite_on_connect)
     return engine

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import random
 import time
@@ -46,7 +45,7 @@ from app.store.models import DeliveryState, EventType
 from app.webhooks import outbox
 from app.webhooks.config import EXCERPT_LIMIT, Clock, SystemClock, WebhookConfig
 from app.webhooks.http11 import Http11Transport
-from app.webhooks.outbox import OutboxItem
+from app.webhooks.outbox import OutboxItem, envelope_body
 from app.webhooks.retry import Verdict, judge
 from app.webhooks.signing import WebhookSigner
 from app.webhooks.transport import Resolver, build_http_transport, refusal_of, system_resolver
@@ -674,8 +673,9 @@ class WebhookDispatcher:
                     if not write.done.done():
                         write.done.set_result(None)
 
-    def _body(self, item: OutboxItem) -> bytes:
-        return json.dumps(item.envelope, separators=(",", ":"), ensure_ascii=False).encode()
+    @staticmethod
+    def _body(item: OutboxItem) -> bytes:
+        return envelope_body(item)
 
     async def _check_target(self, url: str) -> None:
         """URL checks before sending; raise InvalidWebhookUrlError to refuse."""

@@ -16,6 +16,7 @@ one); the two may go in either order, never at the same time.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,6 +29,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from app.store.models import Base, Call, CallEvent, DeliveryState, WebhookDelivery
 from app.store.resources import event_resource, rfc3339
+from app.store.types import EncodedJSON
 
 _PENDING = DeliveryState.PENDING.value
 _EVENTS = Base.metadata.tables[CallEvent.__tablename__]
@@ -46,10 +48,19 @@ class OutboxItem:
     attempts: int
     call_webhook_url: str | None
     envelope: dict[str, Any]  # the webhook JSON body (API.md, Webhooks)
+    # ``envelope["data"]`` as JSON text when the writer encoded it already (None: encode).
+    data_json: str | None = None
 
 
-def item_of(values: Mapping[str, Any], *, webhook_url: str | None) -> OutboxItem:
-    """The item of an event row just written (``call_events`` column values)."""
+def item_of(
+    values: Mapping[str, Any], *, webhook_url: str | None, data: dict[str, Any] | None = None
+) -> OutboxItem:
+    """The item of an event row just written (``call_events`` column values).
+
+    ``data``: the payload as a dict when ``values["payload"]`` holds its encoded text.
+    """
+    payload = values["payload"]
+    encoded = isinstance(payload, EncodedJSON)
     return OutboxItem(
         event_id=values["id"],
         call_id=values["call_id"],
@@ -64,9 +75,30 @@ def item_of(values: Mapping[str, Any], *, webhook_url: str | None) -> OutboxItem
             "created_at": rfc3339(values["created_at"]),
             "call_id": values["call_id"],
             "sequence": values["sequence"],
-            "data": values["payload"],
+            "data": data if data is not None else payload,
         },
+        data_json=payload if encoded else None,
     )
+
+
+def envelope_body(item: OutboxItem) -> bytes:
+    """The webhook body: ``item.envelope`` as compact JSON, UTF-8 kept as is.
+
+    With the payload's text already encoded by the writer, the envelope is put together
+    around it (the same bytes as encoding the whole envelope, which is what happens
+    otherwise).
+    """
+    if item.data_json is None:
+        return json.dumps(item.envelope, separators=(",", ":"), ensure_ascii=False).encode()
+    envelope = item.envelope
+    head = json.dumps(
+        {key: envelope[key] for key in _ENVELOPE_HEAD}, separators=(",", ":"), ensure_ascii=False
+    )
+    return f'{head[:-1]},"data":{item.data_json}}}'.encode()
+
+
+# The envelope's fields before "data", in their order (API.md, Webhooks).
+_ENVELOPE_HEAD = ("id", "type", "created_at", "call_id", "sequence")
 
 
 def _head_join() -> tuple[Any, ColumnElement[bool], ColumnElement[bool]]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import json
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import update
+from sqlalchemy import insert, update
 
 from app.store.db import Database
 from app.store.models import CallEvent, DeliveryState
+from app.store.types import encode_json
 from app.webhooks import outbox
 from tests.webhooks.conftest import AddCall, AddEvents, FakeClock
 
@@ -118,3 +120,57 @@ async def test_gone_urls_follow_the_latest_answer_of_each_url(
             5,
             6,
         ]
+
+
+def test_the_body_around_an_encoded_payload_is_the_envelope_encoded_whole() -> None:
+    payload = {"call": {"id": "call_1", "to": "sip:ü@example.com", "n": [1, 2.5, None]}}
+    values = {
+        "id": "evt_1",
+        "call_id": "call_1",
+        "sequence": 7,
+        "type": "call.answered",
+        "created_at": datetime(2026, 12, 4, 15, 0, 1, 123456, tzinfo=UTC),
+        "attempts": 0,
+        "payload": encode_json(payload),
+    }
+    fast = outbox.item_of(values, webhook_url=None, data=payload)
+    slow = outbox.item_of({**values, "payload": payload}, webhook_url=None)
+    assert fast.data_json is not None and slow.data_json is None
+    assert fast.envelope == slow.envelope
+    body = outbox.envelope_body(fast)
+    assert body == outbox.envelope_body(slow)
+    assert json.loads(body) == {
+        "id": "evt_1",
+        "type": "call.answered",
+        "created_at": "2026-12-04T15:00:01.123456Z",
+        "call_id": "call_1",
+        "sequence": 7,
+        "data": payload,
+    }
+    assert "ü".encode() in body  # UTF-8 as is, not \u escapes
+
+
+async def test_an_encoded_payload_is_stored_once_and_reads_back_as_json(
+    database: Database, add_call: AddCall
+) -> None:
+    call_id = (await add_call()).id
+    payload = {"call": {"id": call_id, "state": "answered", "tags": ["a", "ü"]}}
+    now = datetime(2026, 12, 4, tzinfo=UTC)
+    row = {
+        "id": "evt_encoded",
+        "call_id": call_id,
+        "sequence": 1,
+        "type": "call.answered",
+        "payload": encode_json(payload),
+        "created_at": now,
+        "delivery_state": DeliveryState.DELIVERED.value,
+        "attempts": 0,
+        "next_attempt_at": None,
+        "delivered_at": now,
+    }
+    await database.transact(lambda connection: connection.execute(insert(CallEvent), [row]))
+    async with database.session() as session:
+        stored = await session.get(CallEvent, "evt_encoded")
+        assert stored is not None
+        # Not a JSON string holding JSON: the object itself.
+        assert stored.payload == payload
