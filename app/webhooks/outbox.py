@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypedDict
 
+import orjson
 from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -91,10 +92,8 @@ def envelope_body(item: OutboxItem) -> bytes:
     if item.data_json is None:
         return json.dumps(item.envelope, separators=(",", ":"), ensure_ascii=False).encode()
     envelope = item.envelope
-    head = json.dumps(
-        {key: envelope[key] for key in _ENVELOPE_HEAD}, separators=(",", ":"), ensure_ascii=False
-    )
-    return f'{head[:-1]},"data":{item.data_json}}}'.encode()
+    head = orjson.dumps({key: envelope[key] for key in _ENVELOPE_HEAD})
+    return b'%b,"data":%b}' % (head[:-1], item.data_json.encode())
 
 
 # The envelope's fields before "data", in their order (API.md, Webhooks).
