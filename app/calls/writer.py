@@ -39,7 +39,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from app.calls.rules import later_state
 from app.store.ids import new_event_id
-from app.store.models import Call, CallEvent, CallState, DeliveryState
+from app.store.models import Call, CallEvent, CallRecord, CallState, DeliveryState
 from app.store.resources import call_resource
 from app.store.types import encode_json, utcnow
 from app.webhooks.outbox import OutboxItem, item_of
@@ -149,7 +149,7 @@ _Marks = dict[int, list[tuple["CallWriter", _Barrier]]]
 _Job = Change | Insert | _Barrier
 
 
-def apply_view(row: Call, view: SessionView) -> None:
+def apply_view(row: Call | CallRecord, view: SessionView) -> None:
     """Fold one view into the row; nothing ever moves backwards."""
     row.state = later_state(row.state, view.state)
     if view.last_response is not None:
@@ -174,7 +174,7 @@ def apply_view(row: Call, view: SessionView) -> None:
         _apply_dialog(row, view.dialog)
 
 
-def _apply_dialog(row: Call, dialog: DialogView) -> None:
+def _apply_dialog(row: Call | CallRecord, dialog: DialogView) -> None:
     if dialog.remote_tag is not None:
         row.remote_tag = dialog.remote_tag
     if dialog.local_cseq is not None:
@@ -215,8 +215,8 @@ _INSERT_CALL = _CALLS.insert()
 _INSERT_EVENT = _EVENTS.insert()
 
 
-def _copy_row(row: Call) -> Call:
-    """A detached copy of ``row`` with the column defaults filled in (what INSERT stores)."""
+def _copy_row(row: Call) -> CallRecord:
+    """A plain copy of ``row`` with the column defaults filled in (what INSERT stores)."""
     values: dict[str, Any] = {}
     for column in _CALLS.columns:
         value = getattr(row, column.key)
@@ -227,10 +227,10 @@ def _copy_row(row: Call) -> Call:
             elif default.is_callable:
                 value = default.arg(None)  # type: ignore[attr-defined]
         values[column.key] = value
-    return Call(**values)
+    return CallRecord(**values)
 
 
-def _row_values(row: Call) -> dict[str, Any]:
+def _row_values(row: CallRecord) -> dict[str, Any]:
     return {name: getattr(row, name) for name in _COLUMNS}
 
 
@@ -262,7 +262,7 @@ class CallWriter:
         self._events_written = 0
         self.dropped = 0
         # The committed row and last sequence (None: not known, load on the next change).
-        self._row: Call | None = None
+        self._row: CallRecord | None = None
         self._sequence: int | None = None
         self._shown: dict[str, Any] | None = None
 
@@ -344,7 +344,7 @@ class CallWriter:
         self._row = None
         self._sequence = None
 
-    def _webhook_state(self, row: Call) -> DeliveryState:
+    def _webhook_state(self, row: CallRecord) -> DeliveryState:
         url = row.webhook_url or self._default_webhook_url
         return DeliveryState.PENDING if url else DeliveryState.SKIPPED
 
@@ -353,8 +353,8 @@ class _Batch:
     """What one transaction writes: rows to insert, rows to update, events to append."""
 
     def __init__(self) -> None:
-        self.inserts: dict[str, Call] = {}  # call id -> row (its final state)
-        self.updates: dict[str, Call] = {}
+        self.inserts: dict[str, CallRecord] = {}  # call id -> row (its final state)
+        self.updates: dict[str, CallRecord] = {}
         self.loaded_version: dict[str, int] = {}
         self.events: list[dict[str, Any]] = []
         self.notifiers: list[Notifier] = []
@@ -515,7 +515,7 @@ class GroupWriter:
             loaded = await self._database.transact(functools.partial(_load_rows, list(wanted)))
             for call_id, (values, sequence) in loaded.items():
                 writer = wanted[call_id]
-                writer._row = Call(**values)
+                writer._row = CallRecord(**values)
                 writer._sequence = sequence
         batch = _Batch()
         now = utcnow()
@@ -565,7 +565,7 @@ class GroupWriter:
     def _append(
         batch: _Batch,
         writer: CallWriter,
-        row: Call,
+        row: CallRecord,
         event: str,
         data: dict[str, Any],
         now: datetime,

@@ -8,6 +8,7 @@ are the ones of the public API (docs: /work/shared/API.md, the call object).
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -192,6 +193,60 @@ class Call(Base):
 
     def __repr__(self) -> str:
         return f"Call(id={self.id!r}, direction={self.direction!r}, state={self.state!r})"
+
+
+@dataclass(slots=True, kw_only=True)
+class CallRecord:
+    """A ``calls`` row as plain values: the call writer's copy of what it committed.
+
+    The writer reads and sets these fields for every change of every call; on the mapped
+    :class:`Call` each access goes through SQLAlchemy's instrumentation (~6 % of the CPU
+    under load). The fields are the table's columns, in order (a test checks that they
+    stay so).
+    """
+
+    id: str
+    direction: str
+    state: str
+    from_uri: str
+    to_uri: str
+    local_uri: str
+    local_display_name: str | None
+    remote_uri: str
+    remote_display_name: str | None
+    last_response_code: int | None
+    last_response_reason: str | None
+    early_media: bool
+    local_hold: bool
+    remote_hold: bool
+    end_cause: str | None
+    end_sip_code: int | None
+    end_reason: str | None
+    end_by: str | None
+    client_state: str | None
+    webhook_url: str | None
+    request_uri: str | None
+    request_headers: dict[str, list[str]] | None
+    request_body: str | None
+    request_content_type: str | None
+    auto_provisional: bool | None
+    sip_call_id: str
+    local_tag: str
+    remote_tag: str | None
+    local_cseq: int
+    remote_cseq: int | None
+    route_set: list[str]
+    remote_target: str | None
+    transport: str
+    peer_host: str | None
+    peer_port: int | None
+    invite_branch: str | None
+    invite_cseq: int | None
+    created_at: datetime
+    updated_at: datetime
+    answered_at: datetime | None
+    ended_at: datetime | None
+    version: int
 
 
 class CallEvent(Base):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from app.store.models import Call, CallEvent, Direction
+from app.store.models import Call, CallEvent, CallRecord, Direction
 
 
 def rfc3339(moment: datetime | None) -> str | None:
@@ -19,7 +19,7 @@ def rfc3339(moment: datetime | None) -> str | None:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def call_resource(call: Call) -> dict[str, Any]:
+def call_resource(call: Call | CallRecord) -> dict[str, Any]:
     """The call object of the public API (API.md, "Call object")."""
     resource: dict[str, Any] = {
         "id": call.id,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
 
+from app.store.models import Call, CallRecord
 from app.store.types import EncodedJSON, encode_json, json_serializer
 
 # JSON values as the payloads hold them (orjson refuses integers past 64 bits and
@@ -43,3 +45,8 @@ def test_encode_json_keeps_utf8_and_is_compact() -> None:
     assert encode_json({"to": "sip:ü@example.com", "n": [1, 2]}) == (
         '{"to":"sip:ü@example.com","n":[1,2]}'
     )
+
+
+def test_call_record_has_the_calls_columns_in_order() -> None:
+    fields = [field.name for field in dataclasses.fields(CallRecord)]
+    assert fields == [column.key for column in Call.__table__.columns]
