@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
+import logging
 import queue
 import sqlite3
 import threading
@@ -28,6 +28,8 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from app.store.types import json_serializer
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 # How long to wait for PostgreSQL to accept a connection before reporting it unreachable.
 CONNECT_TIMEOUT_S = 10.0
@@ -204,6 +206,92 @@ def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
         future.set_exception(exc)
 
 
+_Outcome = tuple[asyncio.Future[Any], bool, Any]  # (waiter, succeeded, result or exception)
+
+
+class TransactionGroups:
+    """Transactions on one connection, in one thread, committed in groups.
+
+    ``transact(work)`` queues ``work``; the worker thread takes everything queued so far
+    and runs it in ONE transaction, in order, then settles each waiter. Works that arrive
+    while a transaction runs wait for the next one: at a low rate each work gets its own
+    transaction at once (no added wait), under load many share one. A transaction is most
+    of the cost of a small write (SQLAlchemy's begin and commit, SQLite's WAL append, a
+    thread hop both ways): at 50 inbound calls per second the call writer's and the
+    webhook outcomes' transactions cost ~3.7 ms of CPU per call in this thread, for ~4
+    transactions of ~0.4-1 ms each.
+
+    When a group fails (a work raised, or the commit did), each of its works is run again
+    alone, in its own transaction, so that one failing work fails only its own waiter.
+    Works are therefore written to be run again: plain statements on the connection.
+    """
+
+    def __init__(self, engine: Engine, worker: WorkerThread) -> None:
+        self._engine = engine
+        self._worker = worker
+        self._lock = threading.Lock()
+        self._queued: list[tuple[Callable[[Connection], Any], asyncio.Future[Any]]] = []
+        self._draining = False
+        #: Transactions committed, and works they carried (for tests and benchmarks).
+        self.transactions = 0
+        self.works = 0
+
+    async def transact(self, work: Callable[[Connection], T]) -> T:
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        with self._lock:
+            self._queued.append((work, future))
+            start = not self._draining
+            self._draining = True
+        if start:
+            self._worker.run(self._drain).add_done_callback(_log_failure)
+        return await future
+
+    def _drain(self) -> None:
+        """In the worker thread: one transaction per batch until nothing is queued."""
+        while True:
+            with self._lock:
+                batch, self._queued = self._queued, []
+                if not batch:
+                    self._draining = False
+                    return
+            outcomes = self._run(batch)
+            by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+            for outcome in outcomes:
+                by_loop.setdefault(outcome[0].get_loop(), []).append(outcome)
+            for loop, settled in by_loop.items():
+                with contextlib.suppress(RuntimeError):  # the loop is closed
+                    loop.call_soon_threadsafe(_settle, settled)
+
+    def _run(
+        self, batch: list[tuple[Callable[[Connection], Any], asyncio.Future[Any]]]
+    ) -> list[_Outcome]:
+        try:
+            with self._engine.begin() as connection:
+                results = [work(connection) for work, _ in batch]
+        except Exception as exc:
+            if len(batch) == 1:
+                return [(batch[0][1], False, exc)]
+            return [outcome for item in batch for outcome in self._run([item])]
+        self.transactions += 1
+        self.works += len(batch)
+        return [(future, True, result) for (_, future), result in zip(batch, results, strict=True)]
+
+
+def _settle(outcomes: list[_Outcome]) -> None:
+    for future, ok, value in outcomes:
+        if future.done():  # the waiter was cancelled; the work was done anyway
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+
+def _log_failure(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("the transaction thread failed", exc_info=future.exception())
+
+
 async def _transact_async(engine: AsyncEngine, work: Callable[[Connection], T]) -> T:
     async with engine.begin() as connection:
         return await connection.run_sync(work)
@@ -228,29 +316,29 @@ class Database:
     sessionmaker: async_sessionmaker[AsyncSession]
     sync_engine: Engine | None = None
     executor: WorkerThread | None = None
+    groups: TransactionGroups | None = None
 
     @classmethod
     def from_url(cls, url: str, *, echo: bool = False) -> Database:
         engine = create_engine(url, echo=echo)
         sync_engine = _sqlite_file_engine(url, echo=echo)
-        executor = WorkerThread("callctl-sqlite") if sync_engine is not None else None
+        if sync_engine is None:
+            return cls(engine=engine, sessionmaker=create_sessionmaker(engine))
+        executor = WorkerThread("callctl-sqlite")
         return cls(
             engine=engine,
             sessionmaker=create_sessionmaker(engine),
             sync_engine=sync_engine,
             executor=executor,
+            groups=TransactionGroups(sync_engine, executor),
         )
 
     async def transact(self, work: Callable[[Connection], T]) -> T:
-        """``work(connection)`` in one transaction (committed unless it raises)."""
-        if self.sync_engine is None or self.executor is None:
+        """``work(connection)`` in a transaction (committed unless it raises); on a SQLite
+        file, with the other works queued meanwhile (:class:`TransactionGroups`)."""
+        if self.groups is None:
             return await _transact_async(self.engine, work)
-        return await self.executor.run(functools.partial(self._transact_sync, work))
-
-    def _transact_sync(self, work: Callable[[Connection], T]) -> T:
-        assert self.sync_engine is not None
-        with self.sync_engine.begin() as connection:
-            return work(connection)
+        return await self.groups.transact(work)
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
