@@ -38,6 +38,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm.exc import StaleDataError
 
 from app.calls.rules import later_state
+from app.store.bulk import executemany
 from app.store.ids import new_event_id
 from app.store.models import Call, CallEvent, CallRecord, CallState, DeliveryState
 from app.store.resources import call_resource
@@ -643,12 +644,10 @@ class _Statements:
     def run(self, connection: Connection) -> None:
         """One executemany each (rows first: events refer to them)."""
         if self.inserts:
-            connection.execute(_INSERT_CALL, self.inserts)
+            executemany(connection, _INSERT_CALL, self.inserts)
         if self.updates:
-            result = connection.execute(_UPDATE_CALL, self.updates)
-            if connection.dialect.supports_sane_multi_rowcount and result.rowcount != len(
-                self.updates
-            ):
+            changed = executemany(connection, _UPDATE_CALL, self.updates)
+            if connection.dialect.supports_sane_multi_rowcount and changed != len(self.updates):
                 raise StaleDataError("a call row changed under its writer")
         if self.events:
-            connection.execute(_INSERT_EVENT, self.events)
+            executemany(connection, _INSERT_EVENT, self.events)

@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import ColumnElement
 
+from app.store.bulk import executemany
 from app.store.models import Base, Call, CallEvent, DeliveryState, WebhookDelivery
 from app.store.resources import event_resource, rfc3339
 from app.store.types import EncodedJSON
@@ -237,9 +238,9 @@ def write_outcomes_sync(
 ) -> None:
     """:func:`write_outcomes` on a synchronous connection (``Database.transact``)."""
     if deliveries:
-        connection.execute(_INSERT_DELIVERY, list(deliveries))
+        executemany(connection, _INSERT_DELIVERY, deliveries)
     if updates:
-        connection.execute(_UPDATE_OUTCOME, [{**u, "event_id": u["id"]} for u in updates])
+        executemany(connection, _UPDATE_OUTCOME, [{**u, "event_id": u["id"]} for u in updates])
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
