@@ -13,9 +13,10 @@ The limit beside it: a SIPp UAS (scenarios/uas_answer.xml) holding the same N ca
 measured the same way.
 
 Note: callctl binds an RTP and an RTCP socket per call, so N calls need 2N descriptors and
-2N ports (the harness raises the soft RLIMIT_NOFILE to the hard one and widens
-CALLCTL_RTP_PORTS to 2N + 100); with a hard limit of 20000 (``ulimit -Hn``), 10000 calls
-cannot all get media ports and the excess is refused or fails.
+2N ports (the harness raises RLIMIT_NOFILE to 65536 where it may, i.e. as root, else the
+soft limit to the hard one, and widens CALLCTL_RTP_PORTS to 2N + 100); with a hard limit of
+20000 (``ulimit -Hn``) and no root, 10000 calls cannot all get media ports and the excess
+is refused (503) or fails.
 """
 
 from __future__ import annotations
@@ -168,7 +169,7 @@ def measure_callctl(
             "failures": result.stats.failures,
             "shed": result.shed,
             **harness.event_problems(events, answered, "remote_bye"),
-            "nofile_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[1],
+            "nofile_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
         }
         out["clean"] = (
             answered == calls
@@ -228,11 +229,11 @@ def run(args: argparse.Namespace, workdir: Path, plan: CpuPlan) -> dict[str, Any
     calls: int = args.calls or preset[0]
     hold: float = args.hold or preset[1]
     ramp: int = args.ramp_rate or preset[2]
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    if 2 * calls + 200 > hard:
+    limit = harness.raise_nofile()
+    if 2 * calls + 200 > limit:
         log(
             f"  warning: {calls} calls need ~{2 * calls + 200} file descriptors for RTP/RTCP "
-            f"sockets; the hard limit here is {hard}"
+            f"sockets; the limit here is {limit} (raising it needs root)"
         )
     log(f"concurrency: {calls} calls ({args.db}) held {hold:g} s, ramp {ramp} cps")
     out = measure_callctl(args, workdir, plan, calls, hold, ramp)
