@@ -13,7 +13,7 @@ The limit beside it: a SIPp UAS (scenarios/uas_answer.xml) holding the same N ca
 measured the same way.
 
 Note: callctl binds an RTP and an RTCP socket per call, so N calls need 2N descriptors and
-2N ports (the harness raises RLIMIT_NOFILE to 65536 where it may, i.e. as root, else the
+2N ports (the harness raises RLIMIT_NOFILE to 65536 where it may (CAP_SYS_RESOURCE), else the
 soft limit to the hard one, and widens CALLCTL_RTP_PORTS to 2N + 100); with a hard limit of
 20000 (``ulimit -Hn``) and no root, 10000 calls cannot all get media ports and the excess
 is refused (503) or fails.
@@ -233,7 +233,7 @@ def run(args: argparse.Namespace, workdir: Path, plan: CpuPlan) -> dict[str, Any
     if 2 * calls + 200 > limit:
         log(
             f"  warning: {calls} calls need ~{2 * calls + 200} file descriptors for RTP/RTCP "
-            f"sockets; the limit here is {limit} (raising it needs root)"
+            f"sockets; the limit here is {limit} (raising the hard limit needs CAP_SYS_RESOURCE)"
         )
     log(f"concurrency: {calls} calls ({args.db}) held {hold:g} s, ramp {ramp} cps")
     out = measure_callctl(args, workdir, plan, calls, hold, ramp)

@@ -163,7 +163,7 @@ WANT_NOFILE = 65536
 
 def raise_nofile() -> int:
     """Raise this process's RLIMIT_NOFILE (children inherit it): soft and hard to
-    :data:`WANT_NOFILE` where allowed (root), else the soft one to the hard one. Returns
+    :data:`WANT_NOFILE` where allowed (CAP_SYS_RESOURCE), else the soft one to the hard one. Returns
     the soft limit now in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < WANT_NOFILE:
@@ -171,7 +171,7 @@ def raise_nofile() -> int:
             resource.setrlimit(resource.RLIMIT_NOFILE, (WANT_NOFILE, WANT_NOFILE))
             return WANT_NOFILE
         except (ValueError, OSError):
-            pass  # not allowed to raise the hard limit
+            pass  # may not raise the hard limit (even root, in a container)
     if soft != hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
