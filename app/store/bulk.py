@@ -4,7 +4,7 @@
 compiled cache (building a cache key each time), set up an execution context, run each
 bound value through its type's bind processor, fire events and wrap the cursor in a
 result. On the hot writes (the call writer's group commit, the webhook outcomes), on the
-SQLite thread, that was ~10 % of the service's CPU at 150 inbound calls per second
+SQLite thread, that was ~8 % of the service's CPU at 150 inbound calls per second
 (py-spy), for a few rows per statement.
 
 :func:`executemany` compiles each (statement, parameter names) once with SQLAlchemy's own

@@ -303,12 +303,13 @@ class Database:
 
     Weakly referenceable: ``app.calls.writer`` keeps its group writer per database.
 
-    ``transact(work)`` runs ``work(connection)`` (synchronous SQLAlchemy Core) in one
+    ``transact(work)`` runs ``work(connection)`` (synchronous SQLAlchemy Core) in a
     transaction, for the hot write paths (the call writer's group commit, the webhook
     outcomes). On a SQLite file it runs in one dedicated thread with the standard
-    ``sqlite3`` driver: one thread hop per transaction instead of aiosqlite's hops per
+    ``sqlite3`` driver, together with the works queued meanwhile
+    (:class:`TransactionGroups`): one thread hop per group instead of aiosqlite's hops per
     statement (cursor, execute, fetch, close), and sqlite3 lets go of the GIL while SQLite
-    works. Elsewhere (PostgreSQL, in-memory SQLite) it runs on the async engine
+    works. Elsewhere (PostgreSQL, in-memory SQLite) each runs on the async engine
     (``run_sync``).
     """
 
