@@ -558,7 +558,12 @@ async def test_inbound_digest_auth_challenge_then_call(start: StartService) -> N
         )
         # The challenged INVITE made no call: one call row only.
         assert [c["id"] for c in await service.list_calls()] == [call_id]
-    (challenge,) = result.responses(401)
+    challenges = result.responses(401)
+    assert challenges, result.describe()
+    # An ACK that comes after T1 lets the 401 be sent again (RFC 3261 §17.2.1, Timer G):
+    # every copy answers the first INVITE.
+    assert {c.header("CSeq") for c in challenges} == {"1 INVITE"}, result.describe()
+    challenge = challenges[0]
     www = challenge.header("WWW-Authenticate") or ""
     assert www.startswith("Digest "), www
     assert 'realm="' in www and "nonce=" in www, www
