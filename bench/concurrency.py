@@ -13,10 +13,10 @@ The limit beside it: a SIPp UAS (scenarios/uas_answer.xml) holding the same N ca
 measured the same way.
 
 Note: callctl binds an RTP and an RTCP socket per call, so N calls need 2N descriptors and
-2N ports (the harness raises RLIMIT_NOFILE to 65536 where it may (CAP_SYS_RESOURCE), else the
-soft limit to the hard one, and widens CALLCTL_RTP_PORTS to 2N + 100); with a hard limit of
-20000 (``ulimit -Hn``) and no root, 10000 calls cannot all get media ports and the excess
-is refused (503) or fails.
+2N ports (the harness raises RLIMIT_NOFILE to 65536 where it may, with CAP_SYS_RESOURCE,
+else the soft limit to the hard one, and widens CALLCTL_RTP_PORTS to 2N + 100); with a hard
+limit of 20000 (``ulimit -Hn``) and without that capability, 10000 calls cannot all get
+media ports and the excess is refused (503) or fails.
 """
 
 from __future__ import annotations

@@ -148,17 +148,15 @@ class WorkerThread:
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._started = False
         self._stopped = False
-        self._lock = threading.Lock()
 
     def run(self, fn: Callable[[], T]) -> asyncio.Future[T]:
-        """Queue ``fn``; the returned future (of the running loop) gets its result."""
+        """Queue ``fn`` (from the loop's thread); the returned future gets its result. The
+        thread starts with the first job."""
         if self._stopped:
             raise RuntimeError("the worker thread is stopped")
         if not self._started:
-            with self._lock:
-                if not self._started:
-                    self._thread.start()
-                    self._started = True
+            self._thread.start()
+            self._started = True
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._jobs.put((loop, future, fn))
@@ -178,35 +176,20 @@ class WorkerThread:
                 return
             loop, future, fn = job
             try:
-                result = fn()
+                outcome: _Outcome = (future, True, fn())
             except BaseException as exc:
-                self._deliver(loop, _fail, future, exc)
-            else:
-                self._deliver(loop, _succeed, future, result)
-            del job, loop, future, fn
-
-    @staticmethod
-    def _deliver(
-        loop: asyncio.AbstractEventLoop,
-        settle: Callable[[asyncio.Future[Any], Any], None],
-        future: asyncio.Future[Any],
-        value: Any,
-    ) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-            loop.call_soon_threadsafe(settle, future, value)
-
-
-def _succeed(future: asyncio.Future[Any], result: Any) -> None:
-    if not future.done():
-        future.set_result(result)
-
-
-def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
+                outcome = (future, False, exc)
+            _hand_back(loop, [outcome])
+            del job, loop, future, fn, outcome
 
 
 _Outcome = tuple[asyncio.Future[Any], bool, Any]  # (waiter, succeeded, result or exception)
+
+
+def _hand_back(loop: asyncio.AbstractEventLoop, outcomes: list[_Outcome]) -> None:
+    """From the worker thread: settle ``outcomes`` on their loop."""
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+        loop.call_soon_threadsafe(_settle, outcomes)
 
 
 class TransactionGroups:
@@ -232,9 +215,8 @@ class TransactionGroups:
         self._lock = threading.Lock()
         self._queued: list[tuple[Callable[[Connection], Any], asyncio.Future[Any]]] = []
         self._draining = False
-        #: Transactions committed, and works they carried (for tests and benchmarks).
+        #: Transactions committed (for tests).
         self.transactions = 0
-        self.works = 0
 
     async def transact(self, work: Callable[[Connection], T]) -> T:
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
@@ -259,8 +241,7 @@ class TransactionGroups:
             for outcome in outcomes:
                 by_loop.setdefault(outcome[0].get_loop(), []).append(outcome)
             for loop, settled in by_loop.items():
-                with contextlib.suppress(RuntimeError):  # the loop is closed
-                    loop.call_soon_threadsafe(_settle, settled)
+                _hand_back(loop, settled)
 
     def _run(
         self, batch: list[tuple[Callable[[Connection], Any], asyncio.Future[Any]]]
@@ -273,7 +254,6 @@ class TransactionGroups:
                 return [(batch[0][1], False, exc)]
             return [outcome for item in batch for outcome in self._run([item])]
         self.transactions += 1
-        self.works += len(batch)
         return [(future, True, result) for (_, future), result in zip(batch, results, strict=True)]
 
 
@@ -316,7 +296,7 @@ class Database:
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
     sync_engine: Engine | None = None
-    executor: WorkerThread | None = None
+    worker: WorkerThread | None = None
     groups: TransactionGroups | None = None
 
     @classmethod
@@ -325,13 +305,13 @@ class Database:
         sync_engine = _sqlite_file_engine(url, echo=echo)
         if sync_engine is None:
             return cls(engine=engine, sessionmaker=create_sessionmaker(engine))
-        executor = WorkerThread("callctl-sqlite")
+        worker = WorkerThread("callctl-sqlite")
         return cls(
             engine=engine,
             sessionmaker=create_sessionmaker(engine),
             sync_engine=sync_engine,
-            executor=executor,
-            groups=TransactionGroups(sync_engine, executor),
+            worker=worker,
+            groups=TransactionGroups(sync_engine, worker),
         )
 
     async def transact(self, work: Callable[[Connection], T]) -> T:
@@ -350,10 +330,10 @@ class Database:
         await ping(self.engine)
 
     async def dispose(self) -> None:
-        if self.executor is not None:
+        if self.worker is not None:
             # Let a transaction under way finish, then close the thread's connection.
-            await self.executor.run(self._dispose_sync)
-            self.executor.stop()
+            await self.worker.run(self._dispose_sync)
+            self.worker.stop()
         await self.engine.dispose()
 
     def _dispose_sync(self) -> None:

@@ -82,8 +82,10 @@ async def test_stop_finishes_queued_jobs_and_refuses_new_ones() -> None:
 def test_stop_before_any_job_starts_no_thread() -> None:
     worker = WorkerThread("test-unused")
     worker.stop()
-    with pytest.raises(RuntimeError):
+    assert "test-unused" not in {t.name for t in threading.enumerate()}
+    with pytest.raises(RuntimeError, match="stopped"):
         asyncio.run(_run_one(worker))
+    assert "test-unused" not in {t.name for t in threading.enumerate()}
 
 
 async def _run_one(worker: WorkerThread) -> None:
@@ -116,9 +118,9 @@ def _values(connection: Connection) -> list[int]:
 
 async def _while_blocked(database: Database, works: list[Awaitable[Any]]) -> list[Any]:
     """Start ``works`` while the worker thread is busy, so that they queue together."""
-    assert database.executor is not None
+    assert database.worker is not None
     release = threading.Event()
-    blocked = database.executor.run(lambda: release.wait(10))
+    blocked = database.worker.run(lambda: release.wait(10))
     tasks = [asyncio.ensure_future(w) for w in works]
     await asyncio.sleep(0)  # every task has queued its work
     release.set()
