@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import IntegrityError
 
-from app.store.db import Database, WorkerThread
+from app.store.db import Database, TransactionGroups, WorkerThread
 
 
 @pytest.fixture
@@ -166,3 +166,69 @@ async def test_a_cancelled_waiter_s_work_is_still_committed(file_database: Datab
     await asyncio.sleep(0)  # queued
     waiter.cancel()
     assert await file_database.transact(_values) == [5]
+
+
+class _FakeTime:
+    """A clock for the worker thread that moves only when it sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+async def test_transactions_start_at_least_the_spacing_apart(tmp_path: Path) -> None:
+    database = Database.from_url(f"sqlite+aiosqlite:///{tmp_path / 'spacing.db'}")
+    assert database.groups is not None and database.worker is not None
+    fake = _FakeTime()
+    groups = TransactionGroups(
+        database.groups._engine, database.worker, spacing=0.002, clock=fake.clock,
+        sleep=fake.sleep,
+    )
+    try:
+        await groups.transact(lambda c: c.execute(text("CREATE TABLE t (x INTEGER UNIQUE)")))
+        assert fake.sleeps == []  # the first transaction waits for nothing
+        fake.now += 0.0005
+        await groups.transact(_insert(1))  # 0.5 ms after the last start: waits 1.5 ms
+        assert fake.sleeps == [pytest.approx(0.0015)]
+        fake.now += 0.010
+        await groups.transact(_insert(2))  # 10 ms later: no wait
+        assert len(fake.sleeps) == 1
+        assert await groups.transact(_values) == [1, 2]
+    finally:
+        await database.dispose()
+
+
+async def test_works_arriving_during_the_spacing_join_one_transaction(tmp_path: Path) -> None:
+    database = Database.from_url(f"sqlite+aiosqlite:///{tmp_path / 'join.db'}")
+    assert database.groups is not None and database.worker is not None
+    release = threading.Event()
+    queued = threading.Event()
+
+    def sleep(seconds: float) -> None:
+        # The worker thread waits out the spacing; meanwhile the loop queues 20 works.
+        queued.set()
+        assert release.wait(10)
+
+    groups = TransactionGroups(
+        database.groups._engine, database.worker, spacing=3600.0, clock=lambda: 0.0,
+        sleep=sleep,
+    )
+    try:
+        await groups.transact(lambda c: c.execute(text("CREATE TABLE t (x INTEGER UNIQUE)")))
+        before = groups.transactions
+        tasks = [asyncio.ensure_future(groups.transact(_insert(i))) for i in range(20)]
+        await asyncio.to_thread(queued.wait, 10)
+        await asyncio.sleep(0)  # every task has queued its work
+        release.set()
+        assert await asyncio.gather(*tasks) == list(range(20))
+        assert groups.transactions - before == 1
+    finally:
+        release.set()
+        await database.dispose()
