@@ -24,6 +24,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from app.api import actions, calls, health
+from app.api.fast_dial import DialFastPath
 from app.api.metrics import AdmissionCollector, HttpMetrics, MetricsMiddleware
 from app.api.openapi import API_VERSION, DESCRIPTION, SUMMARY, TITLE, install_openapi
 from app.api.problems import install_problem_handlers
@@ -323,6 +324,8 @@ def create_app(settings: Settings, *, sip: bool = True, sip_port: int | None = N
     app.state.metrics_registry = registry
 
     install_problem_handlers(app)
+    # Inside the metrics middleware, so that dials answered by the fast path are counted.
+    app.add_middleware(DialFastPath, state=app.state)
     app.add_middleware(MetricsMiddleware, metrics=HttpMetrics.register(registry))
     app.include_router(health.router)
     app.include_router(calls.router)

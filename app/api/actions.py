@@ -27,6 +27,7 @@ from app.api.responses import INVALID, NOT_FOUND, UNAUTHORIZED, ResponseSpec
 from app.api.schemas import Call, Problem
 from app.calls.service import CallService
 from app.errors import InvalidRequestError, ServiceUnavailableError
+from app.settings import Settings
 from app.webhooks.urls import InvalidWebhookUrlError, check_webhook_url
 
 router = APIRouter(
@@ -86,10 +87,10 @@ async def get_call_service(request: Request) -> CallService:
 ServiceDep = Annotated[CallService, Depends(get_call_service)]
 
 
-def _check_webhook_url(request: Request, url: str | None) -> None:
+def _check_webhook_url(settings: Settings, url: str | None) -> None:
     if url is None:
         return
-    allow_private = bool(request.app.state.settings.webhook_allow_private)
+    allow_private = bool(settings.webhook_allow_private)
     try:
         check_webhook_url(url, allow_private=allow_private)
     except InvalidWebhookUrlError as exc:
@@ -118,10 +119,12 @@ def _call_response(resource: dict[str, Any], status_code: int) -> Response:
     return Response(content=content, media_type="application/json", status_code=status_code)
 
 
-async def _dial(
-    request: Request, service: CallService, body: DialRequest, idempotency_key: str | None
+async def dial_response(
+    service: CallService, settings: Settings, body: DialRequest, idempotency_key: str | None
 ) -> Response:
-    _check_webhook_url(request, body.webhook_url)
+    """Dial (the route's work once the request is validated); also used by
+    :class:`app.api.fast_dial.DialFastPath`."""
+    _check_webhook_url(settings, body.webhook_url)
     key = _idempotency_key(idempotency_key)
     result = await service.dial(body.to_command(), idempotency_key=key)
     return _call_response(result.call, 201 if result.created else 200)
@@ -167,7 +170,7 @@ async def create_call(
         ),
     ] = None,
 ) -> Response:
-    return await _dial(request, service, body, idempotency_key)
+    return await dial_response(service, request.app.state.settings, body, idempotency_key)
 
 
 @router.post(
