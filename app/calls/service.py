@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from app.calls.writer import (
     Notifier,
     SessionView,
     apply_view,
+    new_record,
 )
 from app.errors import (
     AppError,
@@ -46,7 +48,15 @@ from app.sip.headers import NameAddr
 from app.sip.message import Request
 from app.store.db import Database
 from app.store.ids import new_call_id
-from app.store.models import Call, CallState, Direction, EndCause, EndedBy, EventType
+from app.store.models import (
+    Call,
+    CallRecord,
+    CallState,
+    Direction,
+    EndCause,
+    EndedBy,
+    EventType,
+)
 from app.store.repositories import CallRepository, IdempotencyRepository
 from app.store.resources import call_resource
 from app.store.types import utcnow
@@ -189,7 +199,7 @@ class LiveCall:
         self._early_media: SessionView | None = None
         # A dialed call's row, not yet written: it is inserted with call.initiated, in
         # the group commit after the INVITE left (see CallService._place).
-        self.pending_row: Call | None = None
+        self.pending_row: CallRecord | None = None
 
     def bind(self, session: Session) -> None:
         self.session = session
@@ -613,11 +623,13 @@ class CallService(UserAgentDelegate):
             view_of(session, state=CallState.TERMINATED.value, end=end), EventType.ENDED.value
         )
 
-    def _outbound_row(self, call_id: str, inviter: Inviter, command: commands.Dial) -> Call:
+    def _outbound_row(
+        self, call_id: str, inviter: Inviter, command: commands.Dial
+    ) -> CallRecord:
         snapshot = inviter.snapshot()
         local, remote = inviter.local_identity, inviter.remote_identity
         now = utcnow()
-        return Call(
+        return new_record(
             id=call_id,
             direction=Direction.OUTBOUND.value,
             state=CallState.INITIAL.value,
@@ -640,7 +652,9 @@ class CallService(UserAgentDelegate):
             updated_at=now,
         )
 
-    async def _insert(self, row: Call, idempotency: tuple[str, str] | None) -> None:
+    async def _insert(self, record: CallRecord, idempotency: tuple[str, str] | None) -> None:
+        # The ORM sets the version (version_id_col) itself.
+        row = Call(**{k: v for k, v in dataclasses.asdict(record).items() if k != "version"})
         async with self._database.session() as session:
             await CallRepository(session).add(row)
             if idempotency is not None:
@@ -684,7 +698,7 @@ class CallService(UserAgentDelegate):
             # The automatic 180 went out before this delegate existed (rule 5).
             live.emit(view_of(invitation), EventType.PROGRESS.value, {"sip_code": provisional[0]})
 
-    def _inbound_row(self, call_id: str, invitation: Invitation) -> Call:
+    def _inbound_row(self, call_id: str, invitation: Invitation) -> CallRecord:
         request = invitation.request
         view = view_of(invitation)
         local, remote = invitation.local_identity, invitation.remote_identity
@@ -693,7 +707,7 @@ class CallService(UserAgentDelegate):
             headers.setdefault(name, []).append(value)
         content_type = request.headers.get("Content-Type")
         now = utcnow()
-        row = Call(
+        row = new_record(
             id=call_id,
             direction=Direction.INBOUND.value,
             state=CallState.INITIAL.value,

@@ -130,7 +130,7 @@ class Change:
 class Insert:
     """Create the row (an inbound call, known only inside a sync callback) and its event."""
 
-    row: Call
+    row: Call | CallRecord  # a CallRecord (new_record) becomes the writer's own
     event: str
     data: dict[str, Any] = field(default_factory=dict)
 
@@ -213,7 +213,36 @@ _UPDATE_CALL = (
     )
 )
 _INSERT_CALL = _CALLS.insert()
+_NULLABLE = tuple(column.key for column in _CALLS.columns if column.default is None)
 _INSERT_EVENT = _EVENTS.insert()
+
+
+def _column_defaults() -> list[tuple[str, Any, bool]]:
+    """(column, default, callable?) for the ``calls`` columns that have a Python default."""
+    out: list[tuple[str, Any, bool]] = []
+    for column in _CALLS.columns:
+        default = column.default
+        if default is not None and default.is_scalar:
+            out.append((column.key, default.arg, False))  # type: ignore[attr-defined]
+        elif default is not None and default.is_callable:
+            out.append((column.key, default.arg, True))  # type: ignore[attr-defined]
+    return out
+
+
+_DEFAULTS = _column_defaults()
+
+
+def new_record(**values: Any) -> CallRecord:
+    """A new call's row as a plain :class:`CallRecord`, with the column defaults filled in
+    (what INSERT stores), for :class:`Insert`. Building a mapped :class:`Call` instead
+    cost ~4 % of the CPU at 200 inbound calls per second (SQLAlchemy's instance state and
+    attribute events), only for the writer to copy it into a CallRecord."""
+    for key, default, call in _DEFAULTS:
+        if values.get(key) is None:
+            values[key] = default(None) if call else default
+    for key in _NULLABLE:
+        values.setdefault(key, None)
+    return CallRecord(**values)
 
 
 def _copy_row(row: Call) -> CallRecord:
@@ -523,7 +552,9 @@ class GroupWriter:
         for index, (writer, job) in enumerate(jobs):
             _show(marks.get(index))
             if isinstance(job, Insert):
-                row = writer._row = _copy_row(job.row)
+                given = job.row
+                row = given if isinstance(given, CallRecord) else _copy_row(given)
+                writer._row = row
                 writer._sequence = 0
                 batch.inserts[row.id] = row
                 batch.updates.pop(row.id, None)

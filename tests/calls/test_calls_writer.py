@@ -431,3 +431,55 @@ async def test_on_a_sqlite_file_the_writes_skip_sqlalchemy_s_execution(
     stored = await _row(database, row.id)
     assert (stored.state, stored.version) == ("established", 2)
     assert [e.type for e in await _events(database, row.id)] == ["call.initiated", "call.answered"]
+
+
+def test_new_record_fills_the_defaults_insert_would_store() -> None:
+    at = datetime(2026, 12, 7, 20, 0, tzinfo=UTC)
+    given: dict[str, Any] = {
+        "id": "c-defaults",
+        "direction": "inbound",
+        "from_uri": "sip:a@example.com",
+        "to_uri": "sip:b@example.com",
+        "local_uri": "sip:b@example.com",
+        "remote_uri": "sip:a@example.com",
+        "sip_call_id": "x@example.com",
+        "local_tag": "t1",
+        "created_at": at,
+        "updated_at": at,
+    }
+    record = writer_module.new_record(**given)
+    # What the writer makes of a mapped Call with the same values.
+    assert record == writer_module._copy_row(Call(**given))
+    assert (record.state, record.local_cseq, record.route_set, record.version) == (
+        "initial",
+        0,
+        [],
+        1,
+    )
+    assert record.end_cause is None and record.remote_tag is None
+    # A default made by a function is made anew for each record.
+    assert writer_module.new_record(**given).route_set is not record.route_set
+
+
+async def test_a_new_record_is_inserted_like_a_mapped_row(
+    database: Database, new_row: Callable[..., Call]
+) -> None:
+    mapped = new_row()
+    fields = {
+        name: getattr(mapped, name)
+        for name in ("direction", "from_uri", "to_uri", "local_uri", "remote_uri", "local_tag")
+    }
+    record = writer_module.new_record(id="c-record", sip_call_id="r@example.com", **fields)
+    writer = CallWriter(record.id, database=database, notifier=Wakeups(), default_webhook_url=None)
+    writer.start()
+    writer.submit(Insert(row=record, event="call.initiated"))
+    await writer.flush()
+    stored = await _row(database, record.id)
+    assert (stored.state, stored.version, stored.route_set, stored.sip_call_id) == (
+        "initial",
+        1,
+        [],
+        "r@example.com",
+    )
+    assert [event.type for event in await _events(database, record.id)] == ["call.initiated"]
+    await writer.cancel()
