@@ -424,8 +424,11 @@ def start_sipp(
     global _counter
     _counter += 1
     tag = f"{_counter:03d}_{role}_{scenario_file.stem}"
-    # Each run gets its own folder: -trace_counts names its file by pid in the cwd.
+    # Each run gets its own folder: -trace_counts names its file by pid in the cwd. A
+    # --workdir used before holds a folder of this name from an earlier run: its files
+    # (another pid's counts, stat rows) would be read as this run's, so it is emptied.
     workdir = workdir / tag
+    shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True, exist_ok=True)
     cmd: list[str] = []
     coreutils_timeout = shutil.which("timeout")
