@@ -232,3 +232,42 @@ async def test_works_arriving_during_the_spacing_join_one_transaction(tmp_path: 
     finally:
         release.set()
         await database.dispose()
+
+
+# -- WAL checkpoints in their own thread --------------------------------------------------
+
+
+async def test_the_checkpointer_moves_the_log_into_the_file_and_stops(tmp_path: Path) -> None:
+    database = Database.from_url(f"sqlite+aiosqlite:///{tmp_path / 'wal.db'}")
+    checkpointer = database.checkpointer
+    assert checkpointer is not None
+    try:
+        await database.transact(lambda c: c.execute(text("CREATE TABLE t (x INTEGER UNIQUE)")))
+        for i in range(20):
+            await database.transact(_insert(i))
+        # The commits left their pages in the log (the backstop is far off) ...
+        busy, frames, done = await asyncio.to_thread(checkpointer.checkpoint)
+        assert busy == 0 and frames > 0
+        # ... and the checkpoint copied all of them into the database file.
+        assert done == frames
+        assert "callctl-sqlite-checkpoint" in {t.name for t in threading.enumerate()}
+    finally:
+        await database.dispose()
+    assert "callctl-sqlite-checkpoint" not in {t.name for t in threading.enumerate()}
+    # What was committed is in the file.
+    reopened = Database.from_url(f"sqlite+aiosqlite:///{tmp_path / 'wal.db'}")
+    try:
+        assert await reopened.transact(_values) == list(range(20))
+    finally:
+        await reopened.dispose()
+
+
+async def test_commits_leave_the_checkpoints_to_the_thread(tmp_path: Path) -> None:
+    database = Database.from_url(f"sqlite+aiosqlite:///{tmp_path / 'auto.db'}")
+    try:
+        pages = await database.transact(
+            lambda c: c.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar()
+        )
+        assert pages == 10_000
+    finally:
+        await database.dispose()
