@@ -4,6 +4,7 @@ transactions it commits in groups on a SQLite file."""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -30,6 +31,13 @@ async def test_runs_in_its_own_thread_and_returns_the_result(worker: WorkerThrea
     assert await worker.run(lambda: 41 + 1) == 42
     # One thread for every job.
     assert await worker.run(threading.get_ident) == ident
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's")
+async def test_the_thread_does_not_preempt_the_loop_on_wake_up(worker: WorkerThread) -> None:
+    assert await worker.run(lambda: os.sched_getscheduler(0)) == os.SCHED_BATCH
+    # The loop's own thread keeps its policy.
+    assert os.sched_getscheduler(0) != os.SCHED_BATCH
 
 
 async def test_an_exception_reaches_the_waiter(worker: WorkerThread) -> None:
