@@ -20,7 +20,7 @@ import contextlib
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from inbound_support import (
@@ -239,6 +239,14 @@ async def test_offer_less_invite_offer_in_200_answer_in_ack(start: StartService,
 # -- rejected, cancelled, unanswered ------------------------------------------------------
 
 
+T = TypeVar("T")
+
+
+def _without_repeats(items: list[T]) -> list[T]:
+    """``items`` with each run of equal neighbours kept once (retransmissions)."""
+    return [item for i, item in enumerate(items) if i == 0 or items[i - 1] != item]
+
+
 async def test_rejected_486_by_webhook_action(start: StartService) -> None:
     async with start() as service:
         service.receiver.answer(INITIATED, {"action": "reject", "status_code": 486})
@@ -256,10 +264,14 @@ async def test_rejected_486_by_webhook_action(start: StartService) -> None:
         )
     assert call["answered_at"] is None
     assert call["last_response"]["code"] == 486, call
-    assert sipp_statuses(result)[:3] == [100, 180, 486], sipp_statuses(result)
+    statuses = sipp_statuses(result)
+    # The scenario resends its INVITE after 100 ms when no answer has come yet (a loaded
+    # CI machine); callctl answers each copy with its latest provisional response
+    # (RFC 3261 §17.2.1), so a 100 or a 180 may come twice, but in this order.
+    assert _without_repeats(statuses)[:3] == [100, 180, 486], statuses
     # SIPp ACKed the 486 inside the INVITE transaction (same branch, RFC 3261 §17.1.1.3).
-    assert sipp_methods_sent(result) == ["INVITE", "ACK"]
-    invite, ack = result.sent()
+    assert _without_repeats(sipp_methods_sent(result)) == ["INVITE", "ACK"]
+    invite, ack = result.sent()[0], result.sent()[-1]
     assert ack.header("Via") == invite.header("Via")
     assert ack.header("To") == result.responses(486)[0].header("To")
 
