@@ -9,8 +9,7 @@ at all (an unknown call id).
 from __future__ import annotations
 
 import asyncio
-import socket
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -25,14 +24,6 @@ from app.store.repositories import CallRepository
 
 ACTIONS = ("progress", "accept", "reject", "cancel", "bye", "hangup")
 PROBLEM = "application/problem+json"
-
-
-@pytest.fixture
-def silent_peer() -> Iterator[str]:
-    """A SIP URI whose host swallows every datagram (no answer ever)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink:
-        sink.bind(("127.0.0.1", 0))
-        yield f"sip:bob@127.0.0.1:{sink.getsockname()[1]}"
 
 
 @pytest.fixture

@@ -10,8 +10,7 @@ port; the far end is a silent UDP socket (the call stays ``establishing``).
 from __future__ import annotations
 
 import json
-import socket
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -27,13 +26,6 @@ PLAIN = {"content-type": "application/json"}
 ROUTE = {"content-type": "application/json; charset=utf-8"}
 # Fields that differ from one call to the next.
 PER_CALL = {"id", "created_at", "updated_at", "sip"}
-
-
-@pytest.fixture
-def silent_peer() -> Iterator[str]:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink:
-        sink.bind(("127.0.0.1", 0))
-        yield f"sip:bob@127.0.0.1:{sink.getsockname()[1]}"
 
 
 @pytest.fixture
@@ -118,8 +110,11 @@ async def test_a_plain_dial_takes_the_fast_path_and_answers_as_the_route_does(
         ({"to": "sip:bob@example.com", "colour": "red"}, None, ["body", "colour"]),
         (None, b'{"to": "sip:bob@exa', None),
         (None, b"", None),
-        ({"to": "sip:bob@example.com", "webhook_url": "ftp://example.com/x"}, None,
-         ["body", "webhook_url"]),
+        (
+            {"to": "sip:bob@example.com", "webhook_url": "ftp://example.com/x"},
+            None,
+            ["body", "webhook_url"],
+        ),
     ],
     ids=["missing-to", "to-not-a-string", "unknown-field", "not-json", "empty", "webhook-url"],
 )
@@ -224,9 +219,7 @@ def _scope(headers: list[tuple[bytes, bytes]]) -> Scope:
     return {"type": "http", "method": "POST", "path": "/v1/calls", "headers": headers}
 
 
-async def _drive(
-    middleware: DialFastPath, scope: Scope, incoming: list[Message]
-) -> list[Message]:
+async def _drive(middleware: DialFastPath, scope: Scope, incoming: list[Message]) -> list[Message]:
     sent: list[Message] = []
 
     async def receive() -> Message:
