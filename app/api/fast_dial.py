@@ -6,12 +6,12 @@ in front of it and answers only the request that route would accept without any
 question asked: a JSON body that parses and validates as a
 :class:`~app.api.action_schemas.DialRequest`, the right API key (when keys are set),
 no ``Idempotency-Key``. For that request it does what the route does (the same
-``dial_response``), skipping what costs most when the service dials hundreds of calls a second:
-routing through every router, FastAPI's dependency solving (``Depends``, ``Header``, the
-security scheme) and its generic body handling. Measured in isolation (5,000 requests,
-uvloop, hot caches) that machinery was ~155 us of CPU per request against ~14 us for a
-plain ASGI handler; py-spy put it at ~12 % of the service's CPU at 200 outbound calls
-per second.
+``dial_response``), skipping what costs most when the service dials hundreds of calls a
+second: routing through every router, FastAPI's dependency solving (``Depends``,
+``Header``, the security scheme) and its generic body handling. Measured in isolation
+(5,000 requests, uvloop, hot caches) that machinery was ~155 us of CPU per request
+against ~14 us for a plain ASGI handler; py-spy put it at ~12 % of the service's CPU at
+200 outbound calls per second.
 
 Anything else goes to the app unchanged, with the body it read handed on: another
 route or method, a body that is not JSON or does not validate, a missing or wrong key,
@@ -22,8 +22,8 @@ therefore the generic route's own, by construction.
 from __future__ import annotations
 
 import json
-from typing import Any
 
+from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from starlette.datastructures import State
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -38,9 +38,9 @@ PATH = "/v1/calls"
 _JSON = b"application/json"
 
 
-def _create_call_route() -> Any:
+def _create_call_route() -> APIRoute:
     for route in router.routes:
-        if getattr(route, "operation_id", None) == "createCall":
+        if isinstance(route, APIRoute) and route.operation_id == "createCall":
             return route
     raise LookupError("the createCall route is not defined")  # pragma: no cover
 

@@ -219,14 +219,11 @@ _INSERT_EVENT = _EVENTS.insert()
 
 def _column_defaults() -> list[tuple[str, Any, bool]]:
     """(column, default, callable?) for the ``calls`` columns that have a Python default."""
-    out: list[tuple[str, Any, bool]] = []
-    for column in _CALLS.columns:
-        default = column.default
-        if default is not None and default.is_scalar:
-            out.append((column.key, default.arg, False))  # type: ignore[attr-defined]
-        elif default is not None and default.is_callable:
-            out.append((column.key, default.arg, True))  # type: ignore[attr-defined]
-    return out
+    return [
+        (column.key, column.default.arg, column.default.is_callable)  # type: ignore[attr-defined]
+        for column in _CALLS.columns
+        if column.default is not None and (column.default.is_scalar or column.default.is_callable)
+    ]
 
 
 _DEFAULTS = _column_defaults()
@@ -246,18 +243,8 @@ def new_record(**values: Any) -> CallRecord:
 
 
 def _copy_row(row: Call) -> CallRecord:
-    """A plain copy of ``row`` with the column defaults filled in (what INSERT stores)."""
-    values: dict[str, Any] = {}
-    for column in _CALLS.columns:
-        value = getattr(row, column.key)
-        default = column.default
-        if value is None and default is not None:
-            if default.is_scalar:
-                value = default.arg  # type: ignore[attr-defined]
-            elif default.is_callable:
-                value = default.arg(None)  # type: ignore[attr-defined]
-        values[column.key] = value
-    return CallRecord(**values)
+    """A plain copy of a mapped ``row``, defaults filled in as :func:`new_record` does."""
+    return new_record(**{name: getattr(row, name) for name in _COLUMNS})
 
 
 def _row_values(row: CallRecord) -> dict[str, Any]:

@@ -292,9 +292,9 @@ class TransactionGroups:
     and runs it in ONE transaction, in order, then settles each waiter. Works that arrive
     while a transaction runs wait for the next one, which starts no sooner than
     ``spacing`` (2 ms) after the one before: at a low rate each work gets its own
-    transaction at once, under load many share one. A transaction is most
-    of the cost of a small write (SQLAlchemy's begin and commit, SQLite's WAL append, a
-    thread hop both ways): at 50 inbound calls per second the call writer's and the
+    transaction at once, under load many share one. A transaction is most of the cost of
+    a small write (SQLAlchemy's begin and commit, SQLite's WAL append, a thread hop both
+    ways): at 50 inbound calls per second, before grouping, the call writer's and the
     webhook outcomes' transactions cost ~3.7 ms of CPU per call in this thread, for ~4
     transactions of ~0.4-1 ms each.
 
